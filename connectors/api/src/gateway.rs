@@ -1,0 +1,132 @@
+//! What publishers (HTTP API, NATS, AMQP, file tail) and the admin API may ask of the core.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::channel::ChannelName;
+use crate::envelope::{Envelope, EnvelopeError};
+
+/// An accepted publish: the event id and its offset in every target channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Published {
+    /// UUIDv7 of the event.
+    pub id: String,
+    /// Offset the event got in each channel it was appended to.
+    pub offsets: BTreeMap<String, u64>,
+}
+
+/// Why a publish was not accepted.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PublishError {
+    /// The envelope is malformed.
+    #[error(transparent)]
+    Invalid(#[from] EnvelopeError),
+    /// The gateway is shutting down and takes no more events.
+    #[error("gateway is shutting down")]
+    ShuttingDown,
+}
+
+/// One member of a channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    /// The user the connection identified as (`""` when anonymous).
+    pub user: String,
+    /// The connection id, `c_…`.
+    pub conn: String,
+}
+
+/// A channel and how many connections are in it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelSummary {
+    /// The channel name.
+    pub channel: String,
+    /// Number of member connections.
+    pub members: usize,
+}
+
+/// A position in a channel's history.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Since {
+    /// Offset of the last event seen.
+    pub offset: u64,
+    /// Epoch that offset belongs to; absent means "the channel's current epoch".
+    #[serde(default)]
+    pub epoch: Option<String>,
+}
+
+/// A slice of a channel's history.
+#[derive(Debug, Serialize)]
+pub struct HistoryPage {
+    /// Event frames, oldest first, as clients receive them.
+    pub events: Vec<Box<RawValue>>,
+    /// The channel's latest offset.
+    pub offset: u64,
+    /// The channel's epoch.
+    pub epoch: String,
+    /// Whether everything after `since` is in `events` (absent when no `since` was given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+}
+
+/// Why history cannot be read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HistoryError {
+    /// `limit` is zero or too large.
+    #[error("limit must be between 1 and {max}")]
+    BadLimit {
+        /// Largest limit allowed.
+        max: usize,
+    },
+}
+
+/// Whom an admin action applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Every connection of a user.
+    User(String),
+    /// One connection, by id.
+    Conn(String),
+    /// Everyone.
+    All,
+}
+
+/// Node facts for `GET /api/info`.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayInfo {
+    /// This node's id.
+    pub node: String,
+    /// Herald's version.
+    pub version: String,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// Open client connections.
+    pub connections: usize,
+    /// Channels with members or history.
+    pub channels: usize,
+}
+
+/// The core as publishers and the admin API see it. Calls never wait on a client.
+pub trait Gateway: Send + Sync + 'static {
+    /// Delivers an envelope to its targets and appends it to their histories.
+    ///
+    /// # Errors
+    /// [`PublishError`] when the envelope is refused.
+    fn publish(&self, envelope: Envelope) -> Result<Published, PublishError>;
+    /// Every channel with members or history.
+    fn channels(&self) -> Vec<ChannelSummary>;
+    /// The members of a channel.
+    fn presence(&self, channel: &ChannelName) -> Vec<Member>;
+    /// Events of a channel after `since` (or the latest `limit`).
+    ///
+    /// # Errors
+    /// [`HistoryError`] for a bad limit.
+    fn history(&self, channel: &ChannelName, since: Option<Since>, limit: usize) -> Result<HistoryPage, HistoryError>;
+    /// Closes the target's connections with 4101; returns how many.
+    fn disconnect(&self, target: Target, reason: &str, reconnect: bool) -> usize;
+    /// Removes the target's connections from a channel; returns how many.
+    fn unsubscribe(&self, channel: &ChannelName, target: Target) -> usize;
+    /// Node facts.
+    fn info(&self) -> GatewayInfo;
+}

@@ -1,0 +1,28 @@
+//! The contract between Herald's core and everything that plugs into it.
+//!
+//! Transports (WebSocket now; long-poll and SSE next) move client frames in and out through
+//! [`SessionHub`] and [`ClientSession`]; publishers (the HTTP API now; NATS, AMQP and file tail
+//! next) hand envelopes to a [`Gateway`]. Neither side sees the other's types, so a connector
+//! crate depends on this crate only and never on the core.
+//!
+//! # Layout
+//! - [`channel`]: channel names as the contract defines them (`chat`, `@alice`, `*`).
+//! - [`envelope`]: the one publish envelope every backend path sends, with field-naming errors.
+//! - [`gateway`]: what publishers and the admin API may ask of the core.
+//! - [`session`]: the transport seam: one client connection, its inbound frames and its outbox.
+//! - [`connector`]: the trait inbound sources implement, and their context.
+
+pub mod channel;
+pub mod connector;
+pub mod envelope;
+pub mod gateway;
+pub mod session;
+
+pub use channel::{ChannelKind, ChannelName, ChannelNameError};
+pub use connector::{Connector, ConnectorContext, ConnectorError};
+pub use envelope::{Envelope, EnvelopeBatch, EnvelopeError};
+pub use gateway::{
+    ChannelSummary, Gateway, GatewayInfo, HistoryError, HistoryPage, Member, PublishError,
+    Published, Since, Target,
+};
+pub use session::{ClientSession, Disconnect, DisconnectSignal, OpenError, Outbox, PeerInfo, SessionHub};

@@ -1,0 +1,222 @@
+//! Herald's HTTP publish and admin API, `/api/*`, as the contract defines it.
+//!
+//! Every route needs `Authorization: Bearer <api key>` (401 otherwise). Bad input is answered
+//! 400 with `{"code":4000,"error":"<field>: <what is wrong>"}`, so a backend developer sees at
+//! once which field to fix.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use herald_connector_api::envelope::EnvelopeBatch;
+use herald_connector_api::{ChannelName, Envelope, Gateway, PublishError, Since, Target};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+/// Default `limit` of a history read.
+const DEFAULT_HISTORY_LIMIT: usize = 100;
+
+/// What the API routes need.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The core.
+    pub gateway: Arc<dyn Gateway>,
+    /// The key backends must present.
+    pub api_key: Arc<str>,
+}
+
+/// The router serving `/api/*`.
+pub fn routes(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/publish", post(publish))
+        .route("/api/channels", get(channels))
+        .route("/api/channels/{channel}/presence", get(presence))
+        .route("/api/channels/{channel}/history", get(history))
+        .route("/api/channels/{channel}/unsubscribe", post(unsubscribe))
+        .route("/api/disconnect", post(disconnect))
+        .route("/api/info", get(info))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key))
+        .with_state(state)
+}
+
+/// An API error: status plus the contract's `{"code","error"}` body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: u16,
+    message: String,
+}
+
+impl ApiError {
+    /// 400 naming the bad field.
+    pub fn bad_request(field: &str, message: impl std::fmt::Display) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, code: 4000, message: format!("{field}: {message}") }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "code": self.code, "error": self.message });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<PublishError> for ApiError {
+    fn from(err: PublishError) -> Self {
+        match err {
+            PublishError::Invalid(e) => Self::bad_request(&e.field, &e.message),
+            PublishError::ShuttingDown => {
+                Self { status: StatusCode::SERVICE_UNAVAILABLE, code: 4100, message: err.to_string() }
+            }
+        }
+    }
+}
+
+async fn require_api_key(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(key) if constant_time_eq(key.as_bytes(), state.api_key.as_bytes()) => next.run(request).await,
+        _ => {
+            tracing::info!(path = %request.uri().path(), "api request without a valid api key");
+            ApiError { status: StatusCode::UNAUTHORIZED, code: 4002, message: "missing or invalid api key".into() }
+                .into_response()
+        }
+    }
+}
+
+/// Compares without an early exit, so response time does not reveal how much of a key matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn publish(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+    let batch = Envelope::batch_from_json(&body).map_err(|e| ApiError::bad_request(&e.field, &e.message))?;
+    Ok(match batch {
+        EnvelopeBatch::One(envelope) => Json(state.gateway.publish(envelope)?).into_response(),
+        EnvelopeBatch::Many(envelopes) => {
+            let results = envelopes.into_iter().map(|e| state.gateway.publish(e)).collect::<Result<Vec<_>, _>>()?;
+            Json(results).into_response()
+        }
+    })
+}
+
+async fn channels(State(state): State<ApiState>) -> Response {
+    Json(state.gateway.channels()).into_response()
+}
+
+async fn presence(State(state): State<ApiState>, Path(channel): Path<String>) -> Result<Response, ApiError> {
+    let channel = parse_channel(&channel)?;
+    Ok(Json(serde_json::json!({ "members": state.gateway.presence(&channel) })).into_response())
+}
+
+async fn history(
+    State(state): State<ApiState>,
+    Path(channel): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let channel = parse_channel(&channel)?;
+    let number = |field: &str| -> Result<Option<u64>, ApiError> {
+        query.get(field).map(|v| v.parse::<u64>().map_err(|_| ApiError::bad_request(field, "must be a non-negative integer"))).transpose()
+    };
+    let since = number("since")?.map(|offset| Since { offset, epoch: query.get("epoch").cloned() });
+    let limit = number("limit")?.map_or(DEFAULT_HISTORY_LIMIT, |l| l as usize);
+    let page = state.gateway.history(&channel, since, limit).map_err(|e| ApiError::bad_request("limit", e))?;
+    Ok(Json(page).into_response())
+}
+
+/// `{"user"}`, `{"conn"}` or `{}` (everyone, where allowed).
+#[derive(Deserialize)]
+struct TargetBody {
+    user: Option<String>,
+    conn: Option<String>,
+}
+
+impl TargetBody {
+    fn target(self) -> Result<Target, ApiError> {
+        match (self.user, self.conn) {
+            (Some(_), Some(_)) => Err(ApiError::bad_request("conn", "give user or conn, not both")),
+            (Some(user), None) => Ok(Target::User(user)),
+            (None, Some(conn)) => Ok(Target::Conn(conn)),
+            (None, None) => Ok(Target::All),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct DisconnectBody {
+    #[serde(flatten)]
+    target: TargetBody,
+    #[serde(default = "default_reason")]
+    reason: String,
+    #[serde(default = "default_true")]
+    reconnect: bool,
+}
+
+fn default_reason() -> String {
+    "disconnected by the backend".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+async fn disconnect(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+    let body: DisconnectBody = parse_body(&body)?;
+    let target = body.target.target()?;
+    if target == Target::All {
+        return Err(ApiError::bad_request("user", "user or conn is required"));
+    }
+    let n = state.gateway.disconnect(target, &body.reason, body.reconnect);
+    Ok(Json(serde_json::json!({ "disconnected": n })).into_response())
+}
+
+async fn unsubscribe(
+    State(state): State<ApiState>,
+    Path(channel): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let channel = parse_channel(&channel)?;
+    let body: TargetBody = if body.iter().all(u8::is_ascii_whitespace) { TargetBody { user: None, conn: None } } else { parse_body(&body)? };
+    let n = state.gateway.unsubscribe(&channel, body.target()?);
+    Ok(Json(serde_json::json!({ "removed": n })).into_response())
+}
+
+async fn info(State(state): State<ApiState>) -> Response {
+    Json(state.gateway.info()).into_response()
+}
+
+fn parse_channel(name: &str) -> Result<ChannelName, ApiError> {
+    ChannelName::parse(name).map_err(|e| ApiError::bad_request("channel", e))
+}
+
+fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = e.into_inner().to_string();
+        let msg = msg.find(" at line ").map_or(msg.as_str(), |i| &msg[..i]).to_owned();
+        ApiError::bad_request(if path == "." { "body" } else { &path }, msg)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn key_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

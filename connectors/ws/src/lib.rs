@@ -1,0 +1,220 @@
+//! Herald's WebSocket transport: `GET /ws`.
+//!
+//! The transport only moves bytes: inbound text messages go to the core's
+//! [`ClientSession`], and frames from the connection's [`Outbox`] go out, batched: whatever is
+//! queued when the socket is ready to write (up to [`MAX_BATCH_FRAMES`] frames) leaves as one
+//! text message of `\n`-separated frames, so a busy connection pays one write per batch rather
+//! than one per event. It also owns what only a WebSocket has: ping/pong liveness and message
+//! size limits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use herald_connector_api::{ClientSession, Disconnect, OpenError, Outbox, PeerInfo, SessionHub};
+use tokio::time::{timeout, Instant};
+use tokio_util::task::TaskTracker;
+
+/// Most frames sent as one WebSocket message.
+pub const MAX_BATCH_FRAMES: usize = 256;
+
+/// How long the closing handshake (final frames, disconnect, close) may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Limits and timers of the WebSocket transport.
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    /// Largest inbound message; a larger one ends the connection with 4009.
+    pub max_message_size: usize,
+    /// Largest outbound bytes buffered in the socket writer before writes wait.
+    pub max_write_buffer: usize,
+    /// How often the server pings.
+    pub ping_interval: Duration,
+    /// A connection silent for this long (no message, no pong) is closed.
+    pub idle_timeout: Duration,
+}
+
+/// What the `/ws` route needs.
+#[derive(Clone)]
+pub struct WsState {
+    /// Opens sessions in the core.
+    pub hub: Arc<dyn SessionHub>,
+    /// Limits and timers.
+    pub config: Arc<WsConfig>,
+    /// Tracks connection tasks so shutdown can wait for them (axum's graceful shutdown does
+    /// not wait for upgraded connections).
+    pub tracker: TaskTracker,
+}
+
+/// The router serving `GET /ws`.
+pub fn routes(state: WsState) -> Router {
+    Router::new().route("/ws", get(upgrade)).with_state(state)
+}
+
+async fn upgrade(State(state): State<WsState>, ws: WebSocketUpgrade) -> Response {
+    let (session, outbox) = match state.hub.open(PeerInfo { transport: "ws", remote: None }) {
+        Ok(opened) => opened,
+        Err(err @ (OpenError::TooManyConnections | OpenError::ShuttingDown)) => {
+            return (StatusCode::SERVICE_UNAVAILABLE, err.to_string()).into_response();
+        }
+    };
+    let config = state.config.clone();
+    // tungstenite's defaults are 64 MiB messages and an unbounded write buffer; a small read
+    // buffer keeps idle connections cheap (it grows only for large messages).
+    ws.max_message_size(config.max_message_size)
+        .max_frame_size(config.max_message_size)
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(config.max_write_buffer)
+        .on_upgrade(move |socket| state.tracker.track_future(serve(socket, session, outbox, config)))
+}
+
+/// How the connection loop ended.
+enum End {
+    /// Close with this disconnect.
+    Disconnect(Disconnect),
+    /// Silent for too long: close 1001 without a disconnect frame.
+    Idle,
+    /// The client went away; nothing more to send.
+    Gone,
+}
+
+async fn serve(mut socket: WebSocket, mut session: Box<dyn ClientSession>, mut outbox: Outbox, config: Arc<WsConfig>) {
+    let mut ping = tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
+    let mut last_heard = Instant::now();
+    let mut batch: Vec<Bytes> = Vec::new();
+    let end = loop {
+        tokio::select! {
+            biased;
+            disconnect = outbox.disconnect.triggered() => break End::Disconnect(disconnect.clone()),
+            n = outbox.frames.recv_many(&mut batch, MAX_BATCH_FRAMES) => {
+                if n == 0 {
+                    break End::Gone;
+                }
+                let message = batch_message(&mut batch);
+                // A client that stops reading blocks this send; its queue then overflows and
+                // the core's 4102 must still get through to end it.
+                tokio::select! {
+                    sent = socket.send(message) => if sent.is_err() { break End::Gone },
+                    disconnect = outbox.disconnect.triggered() => break End::Disconnect(disconnect.clone()),
+                }
+            }
+            inbound = socket.recv() => match inbound {
+                Some(Ok(Message::Text(text))) => {
+                    last_heard = Instant::now();
+                    session.handle_text(&text);
+                }
+                Some(Ok(Message::Binary(bytes))) => {
+                    last_heard = Instant::now();
+                    match std::str::from_utf8(&bytes) {
+                        Ok(text) => session.handle_text(text),
+                        // Not UTF-8, so not JSON; the session answers 4000.
+                        Err(_) => session.handle_text("\u{0}"),
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => last_heard = Instant::now(),
+                Some(Ok(Message::Close(_))) | None => break End::Gone,
+                Some(Err(err)) => {
+                    if is_too_large(&err) {
+                        break End::Disconnect(Disconnect::new(4009, "frame too large", true));
+                    }
+                    tracing::debug!(conn = session.conn_id(), error = %err, "websocket read failed");
+                    break End::Gone;
+                }
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > config.idle_timeout {
+                    break End::Idle;
+                }
+                if socket.send(Message::Ping(Bytes::new())).await.is_err() {
+                    break End::Gone;
+                }
+            }
+        }
+    };
+    // Unregister before the closing handshake so no more events are queued to us.
+    let conn = session.conn_id().to_owned();
+    drop(session);
+    let closing = async {
+        match end {
+            End::Gone => {}
+            End::Idle => {
+                let _ = socket.send(close(1001, "idle timeout")).await;
+            }
+            End::Disconnect(disconnect) => {
+                if !disconnect.discards_queue() {
+                    batch.clear();
+                    while let Ok(frame) = outbox.frames.try_recv() {
+                        batch.push(frame);
+                        if batch.len() == MAX_BATCH_FRAMES {
+                            socket.send(batch_message(&mut batch)).await?;
+                        }
+                    }
+                    if !batch.is_empty() {
+                        socket.send(batch_message(&mut batch)).await?;
+                    }
+                }
+                let frame = Utf8Bytes::try_from(disconnect.frame()).unwrap_or_default();
+                socket.send(Message::Text(frame)).await?;
+                socket.send(close(disconnect.code, &disconnect.reason)).await?;
+            }
+        }
+        Ok::<_, axum::Error>(())
+    };
+    if timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+        tracing::debug!(%conn, "closing handshake timed out");
+    }
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    // Close reasons are limited to 123 bytes by RFC 6455.
+    let reason: String = reason.chars().take(100).collect();
+    Message::Close(Some(CloseFrame { code, reason: reason.into() }))
+}
+
+/// Joins queued frames into one `\n`-separated text message and empties `batch`.
+fn batch_message(batch: &mut Vec<Bytes>) -> Message {
+    let bytes = if batch.len() == 1 {
+        batch.pop().unwrap_or_default()
+    } else {
+        let len = batch.iter().map(|f| f.len() + 1).sum();
+        let mut joined = Vec::with_capacity(len);
+        for (i, frame) in batch.drain(..).enumerate() {
+            if i > 0 {
+                joined.push(b'\n');
+            }
+            joined.extend_from_slice(&frame);
+        }
+        Bytes::from(joined)
+    };
+    // The core only queues JSON text, which is UTF-8.
+    Message::Text(Utf8Bytes::try_from(bytes).unwrap_or_default())
+}
+
+/// tungstenite reports an oversized message as a capacity error; axum does not expose its type.
+fn is_too_large(err: &axum::Error) -> bool {
+    let text = err.to_string();
+    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_newline_separated() {
+        let mut batch = vec![Bytes::from_static(b"{\"a\":1}"), Bytes::from_static(b"{\"b\":2}")];
+        let Message::Text(text) = batch_message(&mut batch) else { panic!("text") };
+        assert_eq!(text.as_str(), "{\"a\":1}\n{\"b\":2}");
+        assert!(batch.is_empty());
+        let mut one = vec![Bytes::from_static(b"{}")];
+        let Message::Text(text) = batch_message(&mut one) else { panic!("text") };
+        assert_eq!(text.as_str(), "{}");
+    }
+}

@@ -1,0 +1,541 @@
+//! Configuration: flags, then `HERALD_*` environment, then the TOML file, then defaults.
+//!
+//! clap reads flags and environment together (a flag wins over its variable); the file fills
+//! what neither set. [`Config::load`] returns every problem at once, each naming its key, so
+//! an operator fixes a file in one pass.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use herald_connector_api::ChannelName;
+use serde::Deserialize;
+
+use crate::hub::ChannelRule;
+use crate::pattern::Pattern;
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// Herald: a real-time event gateway.
+///
+/// Every option is also a key of the config file (`--auth-timeout` is `auth_timeout`) and an
+/// environment variable (`HERALD_AUTH_TIMEOUT`). Flags win over the environment, which wins
+/// over the file. Durations read like `500ms`, `10s`, `5m`. `HERALD_LOG` sets the log filter
+/// (EnvFilter syntax, e.g. `info,herald=debug`).
+#[derive(Debug, Default, Parser)]
+#[command(name = "herald", version, about, long_about)]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to serve HTTP(S) and WebSocket on [default: 127.0.0.1:8080].
+    #[arg(long, env = "HERALD_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// PEM certificate chain to serve TLS with.
+    #[arg(long, env = "HERALD_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    #[arg(long, env = "HERALD_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS).
+    #[arg(long, env = "HERALD_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Serve TLS with a self-signed certificate made (once) under certs/.
+    #[arg(long, env = "HERALD_TLS_SELF_SIGNED", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub tls_self_signed: Option<bool>,
+    /// Key backends present as `Authorization: Bearer KEY` [default: generated and printed].
+    #[arg(long, env = "HERALD_API_KEY", value_name = "KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Secret that client tokens (HS256 JWTs) are signed with [default: generated and printed].
+    #[arg(long, env = "HERALD_JWT_SECRET", value_name = "SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Accept `ident` without a token.
+    #[arg(long, env = "HERALD_ALLOW_ANONYMOUS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub allow_anonymous: Option<bool>,
+    /// How long a connection may stay unidentified [default: 10s].
+    #[arg(long, env = "HERALD_AUTH_TIMEOUT", value_name = "DURATION")]
+    pub auth_timeout: Option<String>,
+    /// Origin allowed for CORS and WebSocket upgrades (repeatable, or comma-separated in the
+    /// variable); `*` allows any. None by default: same-origin only.
+    #[arg(long = "cors-origin", alias = "cors-origins", env = "HERALD_CORS_ORIGINS", value_delimiter = ',', value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
+    /// Channels every connection joins at ident (comma-separated).
+    #[arg(long, env = "HERALD_DEFAULT_CHANNELS", value_delimiter = ',', value_name = "CHANNELS")]
+    pub default_channels: Vec<String>,
+    /// Events kept per channel where no [[channels]] rule says otherwise [default: 1000].
+    #[arg(long, env = "HERALD_HISTORY_SIZE", value_name = "N")]
+    pub history_size: Option<usize>,
+    /// How long events stay in history where no rule says otherwise [default: 24h].
+    #[arg(long, env = "HERALD_HISTORY_TTL", value_name = "DURATION")]
+    pub history_ttl: Option<String>,
+    /// How often the server pings WebSocket clients [default: 25s].
+    #[arg(long, env = "HERALD_PING_INTERVAL", value_name = "DURATION")]
+    pub ping_interval: Option<String>,
+    /// A connection silent (no message, no pong) this long is closed [default: 60s].
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// Largest client message in bytes; larger ends the connection with 4009 [default: 65536].
+    #[arg(long, env = "HERALD_MAX_MESSAGE_SIZE", value_name = "BYTES")]
+    pub max_message_size: Option<usize>,
+    /// Outbound queue per connection in frames; overflow cuts it with 4102 [default: 1024].
+    #[arg(long, env = "HERALD_CLIENT_QUEUE", value_name = "FRAMES")]
+    pub client_queue: Option<usize>,
+    /// Most open client connections [default: 100000].
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Most ordinary channels one connection may join [default: 128].
+    #[arg(long, env = "HERALD_MAX_CHANNELS_PER_CONNECTION", value_name = "N")]
+    pub max_channels_per_connection: Option<usize>,
+    /// How long an idempotency key is remembered [default: 2m].
+    #[arg(long, env = "HERALD_DEDUP_WINDOW", value_name = "DURATION")]
+    pub dedup_window: Option<String>,
+    /// How long shutdown waits for connections to close [default: 10s].
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE", value_name = "DURATION")]
+    pub shutdown_grace: Option<String>,
+    /// This node's id [default: random].
+    #[arg(long, env = "HERALD_NODE", value_name = "ID")]
+    pub node: Option<String>,
+    /// Log format.
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The config file; keys as in the contract, plus Herald's own beside them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    api_key: Option<String>,
+    jwt_secret: Option<String>,
+    allow_anonymous: Option<bool>,
+    auth_timeout: Option<String>,
+    cors_origins: Option<Vec<String>>,
+    default_channels: Option<Vec<String>>,
+    history_size: Option<usize>,
+    history_ttl: Option<String>,
+    ping_interval: Option<String>,
+    idle_timeout: Option<String>,
+    max_message_size: Option<usize>,
+    client_queue: Option<usize>,
+    max_connections: Option<usize>,
+    max_channels_per_connection: Option<usize>,
+    dedup_window: Option<String>,
+    shutdown_grace: Option<String>,
+    node: Option<String>,
+    log_format: Option<LogFormat>,
+    tls: Option<FileTls>,
+    #[serde(default)]
+    channels: Vec<FileChannelRule>,
+    // Sections of connectors that later issues add; accepted now so a file written for the
+    // whole contract loads, and reported at start-up as not yet active.
+    nats: Option<toml::Table>,
+    amqp: Option<toml::Table>,
+    file_tail: Option<Vec<toml::Table>>,
+    rpc: Option<toml::Table>,
+    cluster: Option<toml::Table>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    #[serde(default)]
+    self_signed: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileChannelRule {
+    pattern: String,
+    #[serde(default)]
+    client_publish: bool,
+    #[serde(default)]
+    join_leave_notices: bool,
+    history_size: Option<usize>,
+    history_ttl: Option<String>,
+}
+
+/// A secret that never shows in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Arc<str>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Where the TLS certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// PEM files.
+    Files {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+        /// Client CA for mutual TLS.
+        ca: Option<PathBuf>,
+    },
+    /// Made with rcgen under this folder, reused on later starts.
+    SelfSigned {
+        /// Folder for `server.pem` and `server.key`.
+        dir: PathBuf,
+    },
+}
+
+/// A configuration problem, naming its key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigProblem {
+    /// The key, as in the file (`auth_timeout`, `channels[2].pattern`, `tls.cert`).
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Every problem found while loading the configuration.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid configuration: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct ConfigError(pub Vec<ConfigProblem>);
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to serve on.
+    pub listen: SocketAddr,
+    /// API key; generated at start when `None`.
+    pub api_key: Option<Secret>,
+    /// JWT secret; generated at start when `None`.
+    pub jwt_secret: Option<Secret>,
+    /// Accept `ident` without a token.
+    pub allow_anonymous: bool,
+    /// How long a connection may stay unidentified.
+    pub auth_timeout: Duration,
+    /// Allowed origins; `*` allows any.
+    pub cors_origins: Vec<String>,
+    /// Joined by every connection at ident.
+    pub default_channels: Vec<ChannelName>,
+    /// TLS, or plain HTTP when `None`.
+    pub tls: Option<TlsSource>,
+    /// `[[channels]]` rules, first match wins.
+    pub channel_rules: Vec<Arc<ChannelRule>>,
+    /// Rule for channels no pattern matches.
+    pub default_rule: Arc<ChannelRule>,
+    /// Server ping interval.
+    pub ping_interval: Duration,
+    /// Idle timeout.
+    pub idle_timeout: Duration,
+    /// Largest client message.
+    pub max_message_size: usize,
+    /// Outbound queue per connection, in frames.
+    pub client_queue: usize,
+    /// Most open connections.
+    pub max_connections: usize,
+    /// Most ordinary channels per connection.
+    pub max_channels_per_connection: usize,
+    /// Idempotency window.
+    pub dedup_window: Duration,
+    /// How long shutdown waits.
+    pub shutdown_grace: Duration,
+    /// Node id, random when `None`.
+    pub node: Option<String>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Config-file sections present but not active in this build.
+    pub inactive_sections: Vec<&'static str>,
+}
+
+/// Collects problems instead of stopping at the first.
+#[derive(Default)]
+struct Problems(Vec<ConfigProblem>);
+
+impl Problems {
+    fn add(&mut self, key: impl Into<String>, message: impl fmt::Display) {
+        self.0.push(ConfigProblem { key: key.into(), message: message.to_string() });
+    }
+
+    fn duration(&mut self, key: &str, text: Option<String>, default: &str) -> Duration {
+        let text = text.unwrap_or_else(|| default.to_owned());
+        match humantime::parse_duration(&text) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.add(key, "must be greater than zero");
+                Duration::from_secs(1)
+            }
+            Err(e) => {
+                self.add(key, format!("{text:?} is not a duration like 500ms, 10s or 5m ({e})"));
+                Duration::from_secs(1)
+            }
+        }
+    }
+
+    fn positive(&mut self, key: &str, value: Option<usize>, default: usize) -> usize {
+        match value.unwrap_or(default) {
+            0 => {
+                self.add(key, "must be greater than zero");
+                default
+            }
+            n => n,
+        }
+    }
+}
+
+impl Config {
+    /// Resolves flags and environment (`cli`) over the file it names over defaults.
+    ///
+    /// # Errors
+    /// [`ConfigError`] listing every problem, each with its key.
+    pub fn load(cli: Cli) -> Result<Self, ConfigError> {
+        let mut p = Problems::default();
+        let file = match &cli.config {
+            None => FileConfig::default(),
+            Some(path) => match std::fs::read_to_string(path) {
+                Err(e) => {
+                    p.add("config", format!("cannot read {}: {e}", path.display()));
+                    FileConfig::default()
+                }
+                Ok(text) => match toml::from_str::<FileConfig>(&text) {
+                    Ok(file) => file,
+                    Err(e) => {
+                        p.add(toml_error_key(&e), toml_error_message(&e));
+                        FileConfig::default()
+                    }
+                },
+            },
+        };
+        let config = Self::resolve(cli, file, &mut p);
+        if p.0.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError(p.0))
+        }
+    }
+
+    fn resolve(cli: Cli, file: FileConfig, p: &mut Problems) -> Self {
+        let listen_text = cli.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = listen_text.parse().unwrap_or_else(|_| {
+            p.add("listen", format!("{listen_text:?} is not an address like 127.0.0.1:8080"));
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        });
+        let secret = |p: &mut Problems, key: &str, value: Option<String>| {
+            value.and_then(|v| {
+                if v.is_empty() {
+                    p.add(key, "must not be empty (leave it out to have one generated)");
+                    None
+                } else {
+                    Some(Secret(Arc::from(v)))
+                }
+            })
+        };
+        let api_key = secret(p, "api_key", cli.api_key.or(file.api_key));
+        let jwt_secret = secret(p, "jwt_secret", cli.jwt_secret.or(file.jwt_secret));
+
+        let cors_origins = if cli.cors_origins.is_empty() { file.cors_origins.unwrap_or_default() } else { cli.cors_origins };
+        for (i, origin) in cors_origins.iter().enumerate() {
+            if let Err(why) = check_origin(origin) {
+                p.add(format!("cors_origins[{i}]"), why);
+            }
+        }
+        let default_names = if cli.default_channels.is_empty() { file.default_channels.unwrap_or_default() } else { cli.default_channels };
+        let mut default_channels = Vec::new();
+        for (i, name) in default_names.iter().enumerate() {
+            match ChannelName::parse(name) {
+                Ok(c) if c.kind() == herald_connector_api::ChannelKind::Ordinary => default_channels.push(c),
+                Ok(_) => p.add(format!("default_channels[{i}]"), "must be an ordinary channel"),
+                Err(e) => p.add(format!("default_channels[{i}]"), e),
+            }
+        }
+
+        let file_tls = file.tls.unwrap_or_default();
+        let self_signed = cli.tls_self_signed.unwrap_or(file_tls.self_signed);
+        let cert = cli.tls_cert.or(file_tls.cert);
+        let key = cli.tls_key.or(file_tls.key);
+        let ca = cli.tls_ca.or(file_tls.ca).filter(|c| !c.as_os_str().is_empty());
+        let tls = match (cert, key, self_signed) {
+            (Some(_), _, true) | (_, Some(_), true) => {
+                p.add("tls.self_signed", "cannot be combined with tls.cert and tls.key");
+                None
+            }
+            (Some(cert), Some(key), false) => Some(TlsSource::Files { cert, key, ca }),
+            (Some(_), None, false) => {
+                p.add("tls.key", "is required with tls.cert");
+                None
+            }
+            (None, Some(_), false) => {
+                p.add("tls.cert", "is required with tls.key");
+                None
+            }
+            (None, None, true) => Some(TlsSource::SelfSigned { dir: PathBuf::from("certs") }),
+            (None, None, false) => None,
+        };
+
+        let history_size = cli.history_size.or(file.history_size).unwrap_or(1000);
+        let history_ttl = p.duration("history_ttl", cli.history_ttl.or(file.history_ttl), "24h");
+        let default_rule = Arc::new(ChannelRule {
+            pattern: Pattern::new("*"),
+            client_publish: false,
+            join_leave_notices: false,
+            history_size,
+            history_ttl,
+        });
+        let channel_rules = file
+            .channels
+            .into_iter()
+            .enumerate()
+            .map(|(i, rule)| {
+                if rule.pattern.is_empty() {
+                    p.add(format!("channels[{i}].pattern"), "must not be empty");
+                }
+                let ttl = match rule.history_ttl {
+                    Some(t) => p.duration(&format!("channels[{i}].history_ttl"), Some(t), "24h"),
+                    None => history_ttl,
+                };
+                Arc::new(ChannelRule {
+                    pattern: Pattern::new(&rule.pattern),
+                    client_publish: rule.client_publish,
+                    join_leave_notices: rule.join_leave_notices,
+                    history_size: rule.history_size.unwrap_or(history_size),
+                    history_ttl: ttl,
+                })
+            })
+            .collect();
+
+        let inactive_sections = [
+            ("nats", file.nats.is_some()),
+            ("amqp", file.amqp.is_some()),
+            ("file_tail", file.file_tail.is_some()),
+            ("rpc", file.rpc.is_some()),
+            ("cluster", file.cluster.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, present)| present.then_some(name))
+        .collect();
+
+        Self {
+            listen,
+            api_key,
+            jwt_secret,
+            allow_anonymous: cli.allow_anonymous.or(file.allow_anonymous).unwrap_or(false),
+            auth_timeout: p.duration("auth_timeout", cli.auth_timeout.or(file.auth_timeout), "10s"),
+            cors_origins,
+            default_channels,
+            tls,
+            channel_rules,
+            default_rule,
+            ping_interval: p.duration("ping_interval", cli.ping_interval.or(file.ping_interval), "25s"),
+            idle_timeout: p.duration("idle_timeout", cli.idle_timeout.or(file.idle_timeout), "60s"),
+            max_message_size: p.positive("max_message_size", cli.max_message_size.or(file.max_message_size), 65536),
+            client_queue: p.positive("client_queue", cli.client_queue.or(file.client_queue), 1024),
+            max_connections: p.positive("max_connections", cli.max_connections.or(file.max_connections), 100_000),
+            max_channels_per_connection: p.positive(
+                "max_channels_per_connection",
+                cli.max_channels_per_connection.or(file.max_channels_per_connection),
+                128,
+            ),
+            dedup_window: p.duration("dedup_window", cli.dedup_window.or(file.dedup_window), "2m"),
+            shutdown_grace: p.duration("shutdown_grace", cli.shutdown_grace.or(file.shutdown_grace), "10s"),
+            node: cli.node.or(file.node),
+            log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+            inactive_sections,
+        }
+    }
+}
+
+/// An origin is `scheme://host[:port]` with nothing after, or `*`.
+fn check_origin(origin: &str) -> Result<(), String> {
+    if origin == "*" {
+        return Ok(());
+    }
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return Err(format!("{origin:?} is not an origin like https://app.example"));
+    };
+    if !matches!(scheme, "http" | "https") || rest.is_empty() || rest.contains('/') || rest.contains('*') {
+        return Err(format!("{origin:?} is not an origin like https://app.example (no path, no wildcard)"));
+    }
+    Ok(())
+}
+
+/// The dotted key a TOML error is about, or `config` when it has no place.
+fn toml_error_key(e: &toml::de::Error) -> String {
+    let message = e.message();
+    // serde reports unknown and missing keys in the message, not the span.
+    for marker in ["unknown field `", "missing field `"] {
+        if let Some(rest) = message.split(marker).nth(1) {
+            if let Some(name) = rest.split('`').next() {
+                return name.to_owned();
+            }
+        }
+    }
+    "config".to_owned()
+}
+
+fn toml_error_message(e: &toml::de::Error) -> String {
+    e.message().lines().next().unwrap_or("invalid TOML").to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: &[&str], file: Option<&str>) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut argv = vec!["herald".to_owned()];
+        if let Some(text) = file {
+            let path = dir.path().join("herald.toml");
+            std::fs::write(&path, text).unwrap();
+            argv.push(format!("--config={}", path.display()));
+        }
+        argv.extend(args.iter().map(|s| s.to_string()));
+        Config::load(Cli::try_parse_from(argv).unwrap())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = load(&[], None).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.auth_timeout, Duration::from_secs(10));
+        assert!(c.tls.is_none() && c.api_key.is_none() && !c.allow_anonymous);
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file = "listen = \"127.0.0.1:9000\"\nauth_timeout = \"3s\"\nallow_anonymous = true\n\
+                    [[channels]]\npattern = \"chat:*\"\nclient_publish = true\nhistory_size = 5\n";
+        let c = load(&["--listen", "127.0.0.1:9001", "--allow-anonymous=false"], Some(file)).unwrap();
+        assert_eq!(c.listen.port(), 9001);
+        assert_eq!(c.auth_timeout, Duration::from_secs(3));
+        assert!(!c.allow_anonymous);
+        assert!(c.channel_rules[0].client_publish);
+        assert_eq!(c.channel_rules[0].history_size, 5);
+        assert_eq!(c.channel_rules[0].history_ttl, Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn every_problem_names_its_key() {
+        let file = "auth_timeout = \"soon\"\ncors_origins = [\"https://ok.example\", \"nope\"]\n\
+                    [[channels]]\npattern = \"\"\nhistory_ttl = \"0s\"\n";
+        let err = load(&["--client-queue", "0"], Some(file)).unwrap_err();
+        let keys: Vec<_> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["cors_origins[1]", "channels[0].pattern", "channels[0].history_ttl", "auth_timeout", "client_queue"]);
+        assert_eq!(load(&[], Some("bogus = 1\n")).unwrap_err().0[0].key, "bogus");
+        assert_eq!(load(&[], Some("[tls]\ncert = \"a.pem\"\n")).unwrap_err().0[0].key, "tls.key");
+    }
+}

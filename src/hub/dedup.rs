@@ -1,0 +1,103 @@
+//! The idempotency window: an envelope whose `key` was seen recently is accepted once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_connector_api::Published;
+use parking_lot::{Mutex, RawMutex};
+
+type Slot = Arc<Mutex<Option<Published>>>;
+
+/// A claim on a key: either the earlier result, or the right to publish and record it.
+pub enum Claim {
+    /// The key was accepted before; here is what that publish returned.
+    Seen(Published),
+    /// First time: publish, then [`Pending::finish`].
+    Fresh(Pending),
+}
+
+/// Held while the first publish of a key runs; a concurrent duplicate waits on it.
+pub struct Pending(parking_lot::ArcMutexGuard<RawMutex, Option<Published>>);
+
+impl Pending {
+    /// Records the result; on failure the key stays unclaimed so a retry can publish.
+    pub fn finish(mut self, result: Option<&Published>) {
+        *self.0 = result.cloned();
+    }
+}
+
+/// Keys seen within the window, with the result of their publish.
+pub struct Dedup {
+    window: Duration,
+    seen: Mutex<HashMap<String, (Instant, Slot)>>,
+}
+
+impl Dedup {
+    /// An empty window of the given length.
+    pub fn new(window: Duration) -> Self {
+        Self { window, seen: Mutex::new(HashMap::new()) }
+    }
+
+    /// Claims `key` for a publish now.
+    pub fn claim(&self, key: &str, now: Instant) -> Claim {
+        loop {
+            let slot = {
+                let mut seen = self.seen.lock();
+                match seen.get(key) {
+                    Some((at, slot)) if now.duration_since(*at) <= self.window => slot.clone(),
+                    _ => {
+                        let slot: Slot = Arc::default();
+                        // Locked before it is visible to others, so a duplicate waits for us.
+                        let guard = slot.lock_arc();
+                        seen.insert(key.to_owned(), (now, slot));
+                        return Claim::Fresh(Pending(guard));
+                    }
+                }
+            };
+            // Waits while the first publish of this key is still running.
+            if let Some(done) = slot.lock().as_ref() {
+                return Claim::Seen(done.clone());
+            }
+            // The first publish failed: forget it and try to claim the key ourselves.
+            let mut seen = self.seen.lock();
+            if seen.get(key).is_some_and(|(_, s)| Arc::ptr_eq(s, &slot)) {
+                seen.remove(key);
+            }
+        }
+    }
+
+    /// Forgets keys older than the window.
+    pub fn expire(&self, now: Instant) {
+        self.seen.lock().retain(|_, (at, _)| now.duration_since(*at) <= self.window);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn published(id: &str) -> Published {
+        Published { id: id.into(), offsets: Default::default() }
+    }
+
+    #[test]
+    fn second_claim_sees_the_first_result() {
+        let dedup = Dedup::new(Duration::from_secs(60));
+        let now = Instant::now();
+        let Claim::Fresh(p) = dedup.claim("k", now) else { panic!("fresh") };
+        p.finish(Some(&published("a")));
+        assert!(matches!(dedup.claim("k", now), Claim::Seen(p) if p.id == "a"));
+        let later = now + Duration::from_secs(61);
+        assert!(matches!(dedup.claim("k", later), Claim::Fresh(_)), "window passed");
+    }
+
+    #[test]
+    fn a_failed_first_publish_frees_the_key() {
+        let dedup = Dedup::new(Duration::from_secs(60));
+        let now = Instant::now();
+        let Claim::Fresh(p) = dedup.claim("k", now) else { panic!("fresh") };
+        p.finish(None);
+        assert!(matches!(dedup.claim("k", now), Claim::Fresh(_)));
+    }
+}

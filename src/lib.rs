@@ -1,0 +1,180 @@
+//! Herald: a real-time event gateway.
+//!
+//! Backends publish envelopes (HTTP now; NATS, AMQP and file tail plug in through
+//! `herald-connector-api`); clients connect over WebSocket (long-poll and SSE plug in through
+//! the same session seam), identify with a token, join channels and receive events, with
+//! per-channel history so a reconnecting client recovers what it missed.
+//!
+//! # Layout
+//! - [`config`]: flags, environment and TOML resolved into one [`config::Config`].
+//! - [`hub`]: connection registry, channels, history, fan-out, and the client protocol.
+//! - [`auth`]: JWT verification; [`pattern`]: `*` globs for channel rules and token scopes.
+//! - [`http`]: the one HTTP(S) app: routers merged, CORS, Origin checks, probes.
+//! - [`tls`]: rustls server config from files or a self-signed certificate.
+//! - [`metrics`]: Prometheus counters.
+//! - [`run`]: wires it all up and runs until shutdown; `main` and the tests both call it.
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod pattern;
+pub mod tls;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_connector_http::ApiState;
+use herald_connector_ws::{WsConfig, WsState};
+use rand::distr::{Alphanumeric, SampleString};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Auth;
+use crate::config::{Config, Secret};
+use crate::http::{AllowedOrigins, Readiness};
+use crate::hub::{Hub, HubConfig};
+use crate::metrics::Metrics;
+
+/// How long the HTTP server may take to read a request's headers (slowloris guard).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why Herald could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The listener failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Keys Herald made up because the configuration named none.
+#[derive(Debug, Clone)]
+pub struct GeneratedSecrets {
+    /// The generated API key, if one was generated.
+    pub api_key: Option<Secret>,
+    /// The generated JWT secret, if one was generated.
+    pub jwt_secret: Option<Secret>,
+}
+
+/// Fills in a random API key and JWT secret where the configuration has none.
+pub fn ensure_secrets(config: &mut Config) -> GeneratedSecrets {
+    let make = |slot: &mut Option<Secret>| {
+        if slot.is_some() {
+            return None;
+        }
+        let secret = Secret(Arc::from(Alphanumeric.sample_string(&mut rand::rng(), 32)));
+        *slot = Some(secret.clone());
+        Some(secret)
+    };
+    GeneratedSecrets { api_key: make(&mut config.api_key), jwt_secret: make(&mut config.jwt_secret) }
+}
+
+/// Serves Herald on `listener` until `shutdown` completes, then closes every client with
+/// 4100 and waits (up to `shutdown_grace`) for them to go.
+///
+/// # Errors
+/// [`RunError`] when TLS or the listener fails.
+///
+/// # Panics
+/// When `config` has no API key or JWT secret: call [`ensure_secrets`] first.
+pub async fn run(
+    config: Config,
+    listener: std::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let api_key = config.api_key.clone().expect("ensure_secrets fills the api key");
+    let jwt_secret = config.jwt_secret.clone().expect("ensure_secrets fills the jwt secret");
+    let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
+    let node: Arc<str> =
+        Arc::from(config.node.clone().unwrap_or_else(|| Alphanumeric.sample_string(&mut rand::rng(), 6).to_lowercase()));
+    for section in &config.inactive_sections {
+        tracing::warn!(section, "this config section is not active in this build yet; ignored");
+    }
+
+    let metrics = Arc::new(Metrics::new());
+    let hub = Hub::new(
+        HubConfig {
+            node: node.clone(),
+            auth: Auth::new(&jwt_secret.0),
+            allow_anonymous: config.allow_anonymous,
+            auth_timeout: config.auth_timeout,
+            default_channels: config.default_channels.clone(),
+            rules: config.channel_rules.clone(),
+            default_rule: config.default_rule.clone(),
+            client_queue: config.client_queue,
+            max_connections: config.max_connections,
+            max_channels_per_connection: config.max_channels_per_connection,
+            dedup_window: config.dedup_window,
+        },
+        metrics.clone(),
+    );
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    tracker.spawn(hub.clone().run_sweeper(token.child_token()));
+
+    let ready = Arc::new(Readiness::default());
+    let api = herald_connector_http::routes(ApiState { gateway: Arc::new(hub.clone()), api_key: api_key.0.clone() });
+    let ws = herald_connector_ws::routes(WsState {
+        hub: Arc::new(hub.clone()),
+        config: Arc::new(WsConfig {
+            max_message_size: config.max_message_size,
+            max_write_buffer: (config.max_message_size * 4).max(1 << 20),
+            ping_interval: config.ping_interval,
+            idle_timeout: config.idle_timeout,
+        }),
+        tracker: tracker.clone(),
+    });
+    let app = http::app(api, ws, AllowedOrigins::new(&config.cors_origins), metrics, ready.clone());
+
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let handle = axum_server::Handle::new();
+    let service = app.into_make_service();
+    let server = match tls {
+        Some(tls) => {
+            let rustls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
+            let mut server = axum_server::from_tcp_rustls(listener, rustls)?.handle(handle.clone());
+            server.http_builder().http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+            tokio::spawn(server.serve(service))
+        }
+        None => {
+            let mut server = axum_server::from_tcp(listener)?.handle(handle.clone());
+            server.http_builder().http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+            tokio::spawn(server.serve(service))
+        }
+    };
+    ready.set(true);
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    tracing::info!(%node, address = %local, "herald is serving {scheme}://{local} (WebSocket at /ws)");
+
+    let server_failed = tokio::select! {
+        () = shutdown => None,
+        result = server => Some(result),
+    };
+    if let Some(result) = server_failed {
+        // The server stopped on its own: that is a listener failure, not a shutdown.
+        token.cancel();
+        return match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(RunError::Io(e)),
+            Err(join) => Err(RunError::Io(std::io::Error::other(join.to_string()))),
+        };
+    }
+
+    tracing::info!(connections = hub.connection_count(), "shutting down: closing clients with 4100");
+    ready.set(false);
+    handle.graceful_shutdown(Some(config.shutdown_grace));
+    hub.shut_down();
+    token.cancel();
+    tracker.close();
+    if tokio::time::timeout(config.shutdown_grace, tracker.wait()).await.is_err() {
+        tracing::error!(left = hub.connection_count(), "connections did not close within shutdown_grace");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

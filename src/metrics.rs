@@ -1,0 +1,78 @@
+//! Prometheus metrics: connections, events in and out, slow-consumer cuts.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Counters shared by the hub and the HTTP layer; updating one is a relaxed atomic add.
+pub struct Metrics {
+    registry: Registry,
+    /// Open client connections.
+    pub connections: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Connections opened since start.
+    pub connections_opened: Counter<u64, AtomicU64>,
+    /// Events accepted for delivery (backend and client publishes).
+    pub events_in: Counter<u64, AtomicU64>,
+    /// Event frames queued to connections.
+    pub events_out: Counter<u64, AtomicU64>,
+    /// Connections cut with 4102 because their outbound queue overflowed.
+    pub slow_consumer_cuts: Counter<u64, AtomicU64>,
+    /// Publishes answered from the idempotency window instead of delivered again.
+    pub duplicates_suppressed: Counter<u64, AtomicU64>,
+    /// Recoveries that returned every missed event.
+    pub recoveries_ok: Counter<u64, AtomicU64>,
+    /// Recoveries that could not (epoch changed or events left history).
+    pub recoveries_failed: Counter<u64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics, registered under the `herald_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("herald");
+        let m = Self {
+            connections: Gauge::default(),
+            connections_opened: Counter::default(),
+            events_in: Counter::default(),
+            events_out: Counter::default(),
+            slow_consumer_cuts: Counter::default(),
+            duplicates_suppressed: Counter::default(),
+            recoveries_ok: Counter::default(),
+            recoveries_failed: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("connections", "Open client connections", m.connections.clone());
+        registry.register("connections_opened", "Client connections opened", m.connections_opened.clone());
+        registry.register("events_in", "Events accepted for delivery", m.events_in.clone());
+        registry.register("events_out", "Event frames queued to connections", m.events_out.clone());
+        registry.register(
+            "slow_consumer_cuts",
+            "Connections closed with 4102 because their outbound queue overflowed",
+            m.slow_consumer_cuts.clone(),
+        );
+        registry.register(
+            "duplicates_suppressed",
+            "Publishes answered from the idempotency window",
+            m.duplicates_suppressed.clone(),
+        );
+        registry.register("recoveries_ok", "Recoveries that returned every missed event", m.recoveries_ok.clone());
+        registry.register("recoveries_failed", "Recoveries that could not be made", m.recoveries_failed.clone());
+        Self { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
