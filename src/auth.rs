@@ -38,7 +38,10 @@ pub struct Identity {
 impl Identity {
     /// An anonymous connection: no personal channel, any ordinary channel.
     pub fn anonymous() -> Self {
-        Self { user: Arc::from(""), channels: None }
+        Self {
+            user: Arc::from(""),
+            channels: None,
+        }
     }
 
     /// Whether this identity may join or read an ordinary channel.
@@ -92,8 +95,13 @@ impl Auth {
         if claims.sub.is_empty() || ChannelName::personal(&claims.sub).is_err() {
             return Err(AuthError::BadSubject);
         }
-        let channels = claims.channels.map(|list| list.iter().map(|p| Pattern::new(p)).collect());
-        Ok(Identity { user: Arc::from(claims.sub), channels })
+        let channels = claims
+            .channels
+            .map(|list| list.iter().map(|p| Pattern::new(p)).collect());
+        Ok(Identity {
+            user: Arc::from(claims.sub),
+            channels,
+        })
     }
 
     /// Signs a token for `user`, valid for `ttl`, limited to `channels` patterns when given.
@@ -101,8 +109,14 @@ impl Auth {
     /// # Panics
     /// Never in practice: HS256 signing of serializable claims cannot fail.
     pub fn mint(&self, user: &str, channels: Option<Vec<String>>, ttl: Duration) -> String {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let claims = Claims { sub: user.to_owned(), channels, exp: Some((now + ttl).as_secs()) };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let claims = Claims {
+            sub: user.to_owned(),
+            channels,
+            exp: Some((now + ttl).as_secs()),
+        };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing cannot fail")
     }
@@ -115,15 +129,27 @@ mod tests {
     #[test]
     fn round_trip_and_refusals() {
         let auth = Auth::new("s3cret");
-        let token = auth.mint("alice", Some(vec!["chat:*".into()]), Duration::from_secs(60));
+        let token = auth.mint(
+            "alice",
+            Some(vec!["chat:*".into()]),
+            Duration::from_secs(60),
+        );
         let id = auth.verify(&token).unwrap();
         assert_eq!(&*id.user, "alice");
         assert!(id.may_access(&ChannelName::parse("chat:1").unwrap()));
         assert!(!id.may_access(&ChannelName::parse("admin").unwrap()));
 
         assert!(Auth::new("other").verify(&token).is_err(), "wrong secret");
-        let past = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - 60;
-        let claims = Claims { sub: "alice".into(), channels: None, exp: Some(past) };
+        let past = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            - 60;
+        let claims = Claims {
+            sub: "alice".into(),
+            channels: None,
+            exp: Some(past),
+        };
         let expired = jsonwebtoken::encode(&Header::default(), &claims, &auth.encoding).unwrap();
         assert!(auth.verify(&expired).is_err(), "expired");
         assert!(auth.verify("not.a.token").is_err());
@@ -131,7 +157,11 @@ mod tests {
 
     #[test]
     fn refuses_other_algorithms() {
-        let claims = Claims { sub: "alice".into(), channels: None, exp: None };
+        let claims = Claims {
+            sub: "alice".into(),
+            channels: None,
+            exp: None,
+        };
         let hs512 = jsonwebtoken::encode(
             &Header::new(Algorithm::HS512),
             &claims,
@@ -140,8 +170,12 @@ mod tests {
         .unwrap();
         assert!(Auth::new("s3cret").verify(&hs512).is_err());
         // exp is optional in the contract.
-        let no_exp = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"s3cret"))
-            .unwrap();
+        let no_exp = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
         assert!(Auth::new("s3cret").verify(&no_exp).is_ok());
     }
 }

@@ -36,22 +36,45 @@ pub struct Cli {
     #[arg(long, env = "HERALD_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
     /// PEM certificate chain to serve TLS with.
-    #[arg(long, env = "HERALD_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "HERALD_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of the certificate.
-    #[arg(long, env = "HERALD_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "HERALD_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
     pub tls_key: Option<PathBuf>,
     /// PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS).
     #[arg(long, env = "HERALD_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
-    /// Serve TLS with a self-signed certificate made (once) under certs/.
+    /// Serve TLS with a self-signed certificate made once under --tls-dir and reused after.
     #[arg(long, env = "HERALD_TLS_SELF_SIGNED", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub tls_self_signed: Option<bool>,
+    /// Folder where --tls-self-signed keeps its certificate and key [default: certs].
+    #[arg(long, env = "HERALD_TLS_DIR", value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
     /// Key backends present as `Authorization: Bearer KEY` [default: generated and printed].
-    #[arg(long, env = "HERALD_API_KEY", value_name = "KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "HERALD_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
     pub api_key: Option<String>,
     /// Secret that client tokens (HS256 JWTs) are signed with [default: generated and printed].
-    #[arg(long, env = "HERALD_JWT_SECRET", value_name = "SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "HERALD_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
     pub jwt_secret: Option<String>,
     /// Accept `ident` without a token.
     #[arg(long, env = "HERALD_ALLOW_ANONYMOUS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
@@ -61,10 +84,21 @@ pub struct Cli {
     pub auth_timeout: Option<String>,
     /// Origin allowed for CORS and WebSocket upgrades (repeatable, or comma-separated in the
     /// variable); `*` allows any. None by default: same-origin only.
-    #[arg(long = "cors-origin", alias = "cors-origins", env = "HERALD_CORS_ORIGINS", value_delimiter = ',', value_name = "ORIGIN")]
+    #[arg(
+        long = "cors-origin",
+        alias = "cors-origins",
+        env = "HERALD_CORS_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
     pub cors_origins: Vec<String>,
     /// Channels every connection joins at ident (comma-separated).
-    #[arg(long, env = "HERALD_DEFAULT_CHANNELS", value_delimiter = ',', value_name = "CHANNELS")]
+    #[arg(
+        long,
+        env = "HERALD_DEFAULT_CHANNELS",
+        value_delimiter = ',',
+        value_name = "CHANNELS"
+    )]
     pub default_channels: Vec<String>,
     /// Events kept per channel where no [[channels]] rule says otherwise [default: 1000].
     #[arg(long, env = "HERALD_HISTORY_SIZE", value_name = "N")]
@@ -158,6 +192,7 @@ struct FileTls {
     ca: Option<PathBuf>,
     #[serde(default)]
     self_signed: bool,
+    dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,7 +304,10 @@ struct Problems(Vec<ConfigProblem>);
 
 impl Problems {
     fn add(&mut self, key: impl Into<String>, message: impl fmt::Display) {
-        self.0.push(ConfigProblem { key: key.into(), message: message.to_string() });
+        self.0.push(ConfigProblem {
+            key: key.into(),
+            message: message.to_string(),
+        });
     }
 
     fn duration(&mut self, key: &str, text: Option<String>, default: &str) -> Duration {
@@ -281,7 +319,10 @@ impl Problems {
                 Duration::from_secs(1)
             }
             Err(e) => {
-                self.add(key, format!("{text:?} is not a duration like 500ms, 10s or 5m ({e})"));
+                self.add(
+                    key,
+                    format!("{text:?} is not a duration like 500ms, 10s or 5m ({e})"),
+                );
                 Duration::from_secs(1)
             }
         }
@@ -330,15 +371,24 @@ impl Config {
     }
 
     fn resolve(cli: Cli, file: FileConfig, p: &mut Problems) -> Self {
-        let listen_text = cli.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen_text = cli
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let listen = listen_text.parse().unwrap_or_else(|_| {
-            p.add("listen", format!("{listen_text:?} is not an address like 127.0.0.1:8080"));
+            p.add(
+                "listen",
+                format!("{listen_text:?} is not an address like 127.0.0.1:8080"),
+            );
             SocketAddr::from(([127, 0, 0, 1], 8080))
         });
         let secret = |p: &mut Problems, key: &str, value: Option<String>| {
             value.and_then(|v| {
                 if v.is_empty() {
-                    p.add(key, "must not be empty (leave it out to have one generated)");
+                    p.add(
+                        key,
+                        "must not be empty (leave it out to have one generated)",
+                    );
                     None
                 } else {
                     Some(Secret(Arc::from(v)))
@@ -348,18 +398,31 @@ impl Config {
         let api_key = secret(p, "api_key", cli.api_key.or(file.api_key));
         let jwt_secret = secret(p, "jwt_secret", cli.jwt_secret.or(file.jwt_secret));
 
-        let cors_origins = if cli.cors_origins.is_empty() { file.cors_origins.unwrap_or_default() } else { cli.cors_origins };
+        let cors_origins = if cli.cors_origins.is_empty() {
+            file.cors_origins.unwrap_or_default()
+        } else {
+            cli.cors_origins
+        };
         for (i, origin) in cors_origins.iter().enumerate() {
             if let Err(why) = check_origin(origin) {
                 p.add(format!("cors_origins[{i}]"), why);
             }
         }
-        let default_names = if cli.default_channels.is_empty() { file.default_channels.unwrap_or_default() } else { cli.default_channels };
+        let default_names = if cli.default_channels.is_empty() {
+            file.default_channels.unwrap_or_default()
+        } else {
+            cli.default_channels
+        };
         let mut default_channels = Vec::new();
         for (i, name) in default_names.iter().enumerate() {
             match ChannelName::parse(name) {
-                Ok(c) if c.kind() == herald_connector_api::ChannelKind::Ordinary => default_channels.push(c),
-                Ok(_) => p.add(format!("default_channels[{i}]"), "must be an ordinary channel"),
+                Ok(c) if c.kind() == herald_connector_api::ChannelKind::Ordinary => {
+                    default_channels.push(c)
+                }
+                Ok(_) => p.add(
+                    format!("default_channels[{i}]"),
+                    "must be an ordinary channel",
+                ),
                 Err(e) => p.add(format!("default_channels[{i}]"), e),
             }
         }
@@ -368,10 +431,16 @@ impl Config {
         let self_signed = cli.tls_self_signed.unwrap_or(file_tls.self_signed);
         let cert = cli.tls_cert.or(file_tls.cert);
         let key = cli.tls_key.or(file_tls.key);
-        let ca = cli.tls_ca.or(file_tls.ca).filter(|c| !c.as_os_str().is_empty());
+        let ca = cli
+            .tls_ca
+            .or(file_tls.ca)
+            .filter(|c| !c.as_os_str().is_empty());
         let tls = match (cert, key, self_signed) {
             (Some(_), _, true) | (_, Some(_), true) => {
-                p.add("tls.self_signed", "cannot be combined with tls.cert and tls.key");
+                p.add(
+                    "tls.self_signed",
+                    "cannot be combined with tls.cert and tls.key",
+                );
                 None
             }
             (Some(cert), Some(key), false) => Some(TlsSource::Files { cert, key, ca }),
@@ -383,7 +452,12 @@ impl Config {
                 p.add("tls.cert", "is required with tls.key");
                 None
             }
-            (None, None, true) => Some(TlsSource::SelfSigned { dir: PathBuf::from("certs") }),
+            (None, None, true) => Some(TlsSource::SelfSigned {
+                dir: cli
+                    .tls_dir
+                    .or(file_tls.dir)
+                    .unwrap_or_else(|| PathBuf::from("certs")),
+            }),
             (None, None, false) => None,
         };
 
@@ -433,25 +507,53 @@ impl Config {
             listen,
             api_key,
             jwt_secret,
-            allow_anonymous: cli.allow_anonymous.or(file.allow_anonymous).unwrap_or(false),
-            auth_timeout: p.duration("auth_timeout", cli.auth_timeout.or(file.auth_timeout), "10s"),
+            allow_anonymous: cli
+                .allow_anonymous
+                .or(file.allow_anonymous)
+                .unwrap_or(false),
+            auth_timeout: p.duration(
+                "auth_timeout",
+                cli.auth_timeout.or(file.auth_timeout),
+                "10s",
+            ),
             cors_origins,
             default_channels,
             tls,
             channel_rules,
             default_rule,
-            ping_interval: p.duration("ping_interval", cli.ping_interval.or(file.ping_interval), "25s"),
-            idle_timeout: p.duration("idle_timeout", cli.idle_timeout.or(file.idle_timeout), "60s"),
-            max_message_size: p.positive("max_message_size", cli.max_message_size.or(file.max_message_size), 65536),
+            ping_interval: p.duration(
+                "ping_interval",
+                cli.ping_interval.or(file.ping_interval),
+                "25s",
+            ),
+            idle_timeout: p.duration(
+                "idle_timeout",
+                cli.idle_timeout.or(file.idle_timeout),
+                "60s",
+            ),
+            max_message_size: p.positive(
+                "max_message_size",
+                cli.max_message_size.or(file.max_message_size),
+                65536,
+            ),
             client_queue: p.positive("client_queue", cli.client_queue.or(file.client_queue), 1024),
-            max_connections: p.positive("max_connections", cli.max_connections.or(file.max_connections), 100_000),
+            max_connections: p.positive(
+                "max_connections",
+                cli.max_connections.or(file.max_connections),
+                100_000,
+            ),
             max_channels_per_connection: p.positive(
                 "max_channels_per_connection",
-                cli.max_channels_per_connection.or(file.max_channels_per_connection),
+                cli.max_channels_per_connection
+                    .or(file.max_channels_per_connection),
                 128,
             ),
             dedup_window: p.duration("dedup_window", cli.dedup_window.or(file.dedup_window), "2m"),
-            shutdown_grace: p.duration("shutdown_grace", cli.shutdown_grace.or(file.shutdown_grace), "10s"),
+            shutdown_grace: p.duration(
+                "shutdown_grace",
+                cli.shutdown_grace.or(file.shutdown_grace),
+                "10s",
+            ),
             node: cli.node.or(file.node),
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             inactive_sections,
@@ -465,10 +567,18 @@ fn check_origin(origin: &str) -> Result<(), String> {
         return Ok(());
     }
     let Some((scheme, rest)) = origin.split_once("://") else {
-        return Err(format!("{origin:?} is not an origin like https://app.example"));
+        return Err(format!(
+            "{origin:?} is not an origin like https://app.example"
+        ));
     };
-    if !matches!(scheme, "http" | "https") || rest.is_empty() || rest.contains('/') || rest.contains('*') {
-        return Err(format!("{origin:?} is not an origin like https://app.example (no path, no wildcard)"));
+    if !matches!(scheme, "http" | "https")
+        || rest.is_empty()
+        || rest.contains('/')
+        || rest.contains('*')
+    {
+        return Err(format!(
+            "{origin:?} is not an origin like https://app.example (no path, no wildcard)"
+        ));
     }
     Ok(())
 }
@@ -488,7 +598,11 @@ fn toml_error_key(e: &toml::de::Error) -> String {
 }
 
 fn toml_error_message(e: &toml::de::Error) -> String {
-    e.message().lines().next().unwrap_or("invalid TOML").to_owned()
+    e.message()
+        .lines()
+        .next()
+        .unwrap_or("invalid TOML")
+        .to_owned()
 }
 
 #[cfg(test)]
@@ -519,13 +633,20 @@ mod tests {
     fn flags_win_over_the_file() {
         let file = "listen = \"127.0.0.1:9000\"\nauth_timeout = \"3s\"\nallow_anonymous = true\n\
                     [[channels]]\npattern = \"chat:*\"\nclient_publish = true\nhistory_size = 5\n";
-        let c = load(&["--listen", "127.0.0.1:9001", "--allow-anonymous=false"], Some(file)).unwrap();
+        let c = load(
+            &["--listen", "127.0.0.1:9001", "--allow-anonymous=false"],
+            Some(file),
+        )
+        .unwrap();
         assert_eq!(c.listen.port(), 9001);
         assert_eq!(c.auth_timeout, Duration::from_secs(3));
         assert!(!c.allow_anonymous);
         assert!(c.channel_rules[0].client_publish);
         assert_eq!(c.channel_rules[0].history_size, 5);
-        assert_eq!(c.channel_rules[0].history_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(
+            c.channel_rules[0].history_ttl,
+            Duration::from_secs(24 * 3600)
+        );
     }
 
     #[test]
@@ -534,8 +655,23 @@ mod tests {
                     [[channels]]\npattern = \"\"\nhistory_ttl = \"0s\"\n";
         let err = load(&["--client-queue", "0"], Some(file)).unwrap_err();
         let keys: Vec<_> = err.0.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(keys, ["cors_origins[1]", "channels[0].pattern", "channels[0].history_ttl", "auth_timeout", "client_queue"]);
-        assert_eq!(load(&[], Some("bogus = 1\n")).unwrap_err().0[0].key, "bogus");
-        assert_eq!(load(&[], Some("[tls]\ncert = \"a.pem\"\n")).unwrap_err().0[0].key, "tls.key");
+        assert_eq!(
+            keys,
+            [
+                "cors_origins[1]",
+                "channels[0].pattern",
+                "channels[0].history_ttl",
+                "auth_timeout",
+                "client_queue"
+            ]
+        );
+        assert_eq!(
+            load(&[], Some("bogus = 1\n")).unwrap_err().0[0].key,
+            "bogus"
+        );
+        assert_eq!(
+            load(&[], Some("[tls]\ncert = \"a.pem\"\n")).unwrap_err().0[0].key,
+            "tls.key"
+        );
     }
 }

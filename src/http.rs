@@ -30,13 +30,22 @@ impl AllowedOrigins {
         if origins.iter().any(|o| o == "*") {
             return Self::Any;
         }
-        Self::List(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect())
+        Self::List(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect(),
+        )
     }
 
     /// Whether a request with this `Origin` (and `Host`) may proceed.
     fn allows(&self, origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
         let same_origin = || {
-            let origin = origin.to_str().ok().and_then(|o| o.split_once("://")).map(|(_, authority)| authority);
+            let origin = origin
+                .to_str()
+                .ok()
+                .and_then(|o| o.split_once("://"))
+                .map(|(_, authority)| authority);
             matches!((origin, host.and_then(|h| h.to_str().ok())), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
         };
         match self {
@@ -54,7 +63,11 @@ impl AllowedOrigins {
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST])
-            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::HeaderName::from_static("last-event-id")])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static("last-event-id"),
+            ])
             .max_age(Duration::from_secs(600))
     }
 }
@@ -92,16 +105,27 @@ pub fn app(
     ready: Arc<Readiness>,
 ) -> Router {
     let cors = origins.cors_layer();
-    let transports = transports.route_layer(middleware::from_fn_with_state(Arc::new(origins), check_origin));
+    let transports = transports.route_layer(middleware::from_fn_with_state(
+        Arc::new(origins),
+        check_origin,
+    ));
     let probes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(Probes { metrics, ready });
-    Router::new().merge(probes).merge(api).merge(transports).layer(cors)
+    Router::new()
+        .merge(probes)
+        .merge(api)
+        .merge(transports)
+        .layer(cors)
 }
 
-async fn check_origin(State(origins): State<Arc<AllowedOrigins>>, request: Request, next: Next) -> Response {
+async fn check_origin(
+    State(origins): State<Arc<AllowedOrigins>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let headers = request.headers();
     if let Some(origin) = headers.get(header::ORIGIN) {
         if !origins.allows(origin, headers.get(header::HOST)) {
@@ -124,7 +148,11 @@ async fn readyz(State(probes): State<Probes>) -> Response {
 
 async fn metrics_text(State(probes): State<Probes>) -> Response {
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    ([(header::CONTENT_TYPE, content_type)], probes.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        probes.metrics.render(),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
@@ -137,7 +165,10 @@ mod tests {
         let list = AllowedOrigins::new(&["https://app.example".into()]);
         assert!(list.allows(&hv("https://app.example"), None));
         assert!(!list.allows(&hv("https://evil.example"), Some(&hv("herald.example"))));
-        assert!(list.allows(&hv("https://herald.example"), Some(&hv("herald.example"))), "same origin");
+        assert!(
+            list.allows(&hv("https://herald.example"), Some(&hv("herald.example"))),
+            "same origin"
+        );
         assert!(AllowedOrigins::new(&["*".into()]).allows(&hv("https://any.example"), None));
     }
 }

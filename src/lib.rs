@@ -71,11 +71,13 @@ pub fn ensure_secrets(config: &mut Config) -> GeneratedSecrets {
         *slot = Some(secret.clone());
         Some(secret)
     };
-    GeneratedSecrets { api_key: make(&mut config.api_key), jwt_secret: make(&mut config.jwt_secret) }
+    GeneratedSecrets {
+        api_key: make(&mut config.api_key),
+        jwt_secret: make(&mut config.jwt_secret),
+    }
 }
 
-/// Serves Herald on `listener` until `shutdown` completes, then closes every client with
-/// 4100 and waits (up to `shutdown_grace`) for them to go.
+/// Serves Herald on `listener` until `shutdown` completes; [`prepare`] then [`Prepared::serve`].
 ///
 /// # Errors
 /// [`RunError`] when TLS or the listener fails.
@@ -87,19 +89,54 @@ pub async fn run(
     listener: std::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    let api_key = config.api_key.clone().expect("ensure_secrets fills the api key");
-    let jwt_secret = config.jwt_secret.clone().expect("ensure_secrets fills the jwt secret");
+    prepare(config, listener)?.serve(shutdown).await
+}
+
+/// A gateway whose TLS, listener and hub are set up, ready to serve.
+pub struct Prepared {
+    config: Config,
+    listener: std::net::TcpListener,
+    tls: Option<rustls::ServerConfig>,
+    hub: Hub,
+    app: axum::Router,
+    ready: Arc<Readiness>,
+    tracker: TaskTracker,
+}
+
+/// Does everything that can fail before serving: TLS files, the listener, the hub.
+///
+/// # Errors
+/// [`RunError`] when TLS or the listener fails.
+///
+/// # Panics
+/// When `config` has no API key or JWT secret: call [`ensure_secrets`] first.
+pub fn prepare(config: Config, listener: std::net::TcpListener) -> Result<Prepared, RunError> {
+    let api_key = config
+        .api_key
+        .clone()
+        .expect("ensure_secrets fills the api key");
+    let jwt_secret = config
+        .jwt_secret
+        .clone()
+        .expect("ensure_secrets fills the jwt secret");
     let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
-    let node: Arc<str> =
-        Arc::from(config.node.clone().unwrap_or_else(|| Alphanumeric.sample_string(&mut rand::rng(), 6).to_lowercase()));
+    listener.set_nonblocking(true)?;
+    let node: Arc<str> = Arc::from(config.node.clone().unwrap_or_else(|| {
+        Alphanumeric
+            .sample_string(&mut rand::rng(), 6)
+            .to_lowercase()
+    }));
     for section in &config.inactive_sections {
-        tracing::warn!(section, "this config section is not active in this build yet; ignored");
+        tracing::warn!(
+            section,
+            "this config section is not active in this build yet; ignored"
+        );
     }
 
     let metrics = Arc::new(Metrics::new());
     let hub = Hub::new(
         HubConfig {
-            node: node.clone(),
+            node,
             auth: Auth::new(&jwt_secret.0),
             allow_anonymous: config.allow_anonymous,
             auth_timeout: config.auth_timeout,
@@ -113,12 +150,12 @@ pub async fn run(
         },
         metrics.clone(),
     );
-    let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    tracker.spawn(hub.clone().run_sweeper(token.child_token()));
-
     let ready = Arc::new(Readiness::default());
-    let api = herald_connector_http::routes(ApiState { gateway: Arc::new(hub.clone()), api_key: api_key.0.clone() });
+    let api = herald_connector_http::routes(ApiState {
+        gateway: Arc::new(hub.clone()),
+        api_key: api_key.0.clone(),
+    });
     let ws = herald_connector_ws::routes(WsState {
         hub: Arc::new(hub.clone()),
         config: Arc::new(WsConfig {
@@ -129,52 +166,116 @@ pub async fn run(
         }),
         tracker: tracker.clone(),
     });
-    let app = http::app(api, ws, AllowedOrigins::new(&config.cors_origins), metrics, ready.clone());
+    let app = http::app(
+        api,
+        ws,
+        AllowedOrigins::new(&config.cors_origins),
+        metrics,
+        ready.clone(),
+    );
+    Ok(Prepared {
+        config,
+        listener,
+        tls,
+        hub,
+        app,
+        ready,
+        tracker,
+    })
+}
 
-    listener.set_nonblocking(true)?;
-    let local = listener.local_addr()?;
-    let handle = axum_server::Handle::new();
-    let service = app.into_make_service();
-    let server = match tls {
-        Some(tls) => {
-            let rustls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
-            let mut server = axum_server::from_tcp_rustls(listener, rustls)?.handle(handle.clone());
-            server.http_builder().http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-            tokio::spawn(server.serve(service))
-        }
-        None => {
-            let mut server = axum_server::from_tcp(listener)?.handle(handle.clone());
-            server.http_builder().http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-            tokio::spawn(server.serve(service))
-        }
-    };
-    ready.set(true);
-    let scheme = if config.tls.is_some() { "https" } else { "http" };
-    tracing::info!(%node, address = %local, "herald is serving {scheme}://{local} (WebSocket at /ws)");
+impl Prepared {
+    /// The address being served.
+    ///
+    /// # Errors
+    /// When the listener cannot tell.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
 
-    let server_failed = tokio::select! {
-        () = shutdown => None,
-        result = server => Some(result),
-    };
-    if let Some(result) = server_failed {
-        // The server stopped on its own: that is a listener failure, not a shutdown.
-        token.cancel();
-        return match result {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(RunError::Io(e)),
-            Err(join) => Err(RunError::Io(std::io::Error::other(join.to_string()))),
+    /// Serves until `shutdown` completes, then closes every client with 4100 and waits (up to
+    /// `shutdown_grace`) for them to go.
+    ///
+    /// # Errors
+    /// [`RunError::Io`] when the listener fails.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), RunError> {
+        let Self {
+            config,
+            listener,
+            tls,
+            hub,
+            app,
+            ready,
+            tracker,
+        } = self;
+        let token = CancellationToken::new();
+        tracker.spawn(hub.clone().run_sweeper(token.child_token()));
+        let local = listener.local_addr()?;
+        let handle = axum_server::Handle::new();
+        let service = app.into_make_service();
+        let server = match tls {
+            Some(tls) => {
+                let rustls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
+                let mut server =
+                    axum_server::from_tcp_rustls(listener, rustls)?.handle(handle.clone());
+                server
+                    .http_builder()
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT);
+                tokio::spawn(server.serve(service))
+            }
+            None => {
+                let mut server = axum_server::from_tcp(listener)?.handle(handle.clone());
+                server
+                    .http_builder()
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT);
+                tokio::spawn(server.serve(service))
+            }
         };
-    }
+        ready.set(true);
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(address = %local, "herald is serving {scheme}://{local} (WebSocket at /ws)");
 
-    tracing::info!(connections = hub.connection_count(), "shutting down: closing clients with 4100");
-    ready.set(false);
-    handle.graceful_shutdown(Some(config.shutdown_grace));
-    hub.shut_down();
-    token.cancel();
-    tracker.close();
-    if tokio::time::timeout(config.shutdown_grace, tracker.wait()).await.is_err() {
-        tracing::error!(left = hub.connection_count(), "connections did not close within shutdown_grace");
+        let server_failed = tokio::select! {
+            () = shutdown => None,
+            result = server => Some(result),
+        };
+        if let Some(result) = server_failed {
+            // The server stopped on its own: that is a listener failure, not a shutdown.
+            token.cancel();
+            return match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(RunError::Io(e)),
+                Err(join) => Err(RunError::Io(std::io::Error::other(join.to_string()))),
+            };
+        }
+
+        tracing::info!(
+            connections = hub.connection_count(),
+            "shutting down: closing clients with 4100"
+        );
+        ready.set(false);
+        handle.graceful_shutdown(Some(config.shutdown_grace));
+        hub.shut_down();
+        token.cancel();
+        tracker.close();
+        if tokio::time::timeout(config.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                left = hub.connection_count(),
+                "connections did not close within shutdown_grace"
+            );
+        }
+        tracing::info!("stopped");
+        Ok(())
     }
-    tracing::info!("stopped");
-    Ok(())
 }

@@ -31,8 +31,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let listener = std::net::TcpListener::bind(config.listen)
             .map_err(|e| anyhow::anyhow!("listen: cannot bind {}: {e}", config.listen))?;
-        print_quick_start(&config, &generated, listener.local_addr()?);
-        herald::run(config, listener, shutdown_signal()).await?;
+        let tls = config.tls.is_some();
+        let herald = herald::prepare(config, listener)?;
+        print_quick_start(tls, &generated, herald.local_addr()?);
+        herald.serve(shutdown_signal()).await?;
         anyhow::Ok(())
     });
     match result {
@@ -46,7 +48,9 @@ fn main() -> ExitCode {
 
 fn init_logs(format: LogFormat) {
     let filter = EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
@@ -54,12 +58,15 @@ fn init_logs(format: LogFormat) {
 }
 
 /// With no keys configured, Herald makes them up and prints what a first try needs.
-fn print_quick_start(config: &Config, generated: &herald::GeneratedSecrets, addr: std::net::SocketAddr) {
+fn print_quick_start(tls: bool, generated: &herald::GeneratedSecrets, addr: std::net::SocketAddr) {
     if generated.api_key.is_none() && generated.jwt_secret.is_none() {
         return;
     }
-    let scheme = if config.tls.is_some() { "https" } else { "http" };
-    let ws = if config.tls.is_some() { "wss" } else { "ws" };
+    let (scheme, ws) = if tls {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
     println!("No api_key / jwt_secret configured: generated for this run.");
     if let Some(key) = &generated.api_key {
         println!("  api key:    {}", key.0);
@@ -67,7 +74,10 @@ fn print_quick_start(config: &Config, generated: &herald::GeneratedSecrets, addr
     if let Some(secret) = &generated.jwt_secret {
         let auth = herald::auth::Auth::new(&secret.0);
         println!("  jwt secret: {}", secret.0);
-        println!("  demo token (user \"demo\", 24h): {}", auth.mint("demo", None, Duration::from_secs(86_400)));
+        println!(
+            "  demo token (user \"demo\", 24h): {}",
+            auth.mint("demo", None, Duration::from_secs(86_400))
+        );
     }
     println!("  connect:    {ws}://{addr}/ws   then send {{\"op\":\"ident\",\"id\":1,\"token\":\"<demo token>\"}}");
     println!("  publish:    curl -H 'Authorization: Bearer <api key>' -d '{{\"event\":\"hello\",\"users\":[\"demo\"],\"data\":{{}}}}' {scheme}://{addr}/api/publish");

@@ -49,10 +49,26 @@ impl Metrics {
             recoveries_failed: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register("connections", "Open client connections", m.connections.clone());
-        registry.register("connections_opened", "Client connections opened", m.connections_opened.clone());
-        registry.register("events_in", "Events accepted for delivery", m.events_in.clone());
-        registry.register("events_out", "Event frames queued to connections", m.events_out.clone());
+        registry.register(
+            "connections",
+            "Open client connections",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_opened",
+            "Client connections opened",
+            m.connections_opened.clone(),
+        );
+        registry.register(
+            "events_in",
+            "Events accepted for delivery",
+            m.events_in.clone(),
+        );
+        registry.register(
+            "events_out",
+            "Event frames queued to connections",
+            m.events_out.clone(),
+        );
         registry.register(
             "slow_consumer_cuts",
             "Connections closed with 4102 because their outbound queue overflowed",
@@ -63,8 +79,16 @@ impl Metrics {
             "Publishes answered from the idempotency window",
             m.duplicates_suppressed.clone(),
         );
-        registry.register("recoveries_ok", "Recoveries that returned every missed event", m.recoveries_ok.clone());
-        registry.register("recoveries_failed", "Recoveries that could not be made", m.recoveries_failed.clone());
+        registry.register(
+            "recoveries_ok",
+            "Recoveries that returned every missed event",
+            m.recoveries_ok.clone(),
+        );
+        registry.register(
+            "recoveries_failed",
+            "Recoveries that could not be made",
+            m.recoveries_failed.clone(),
+        );
         Self { registry, ..m }
     }
 

@@ -17,9 +17,13 @@ impl Pattern {
         let mut parts = self.0.split('*');
         // `split` always yields at least one part.
         let first = parts.next().unwrap_or_default();
-        let Some(mut rest) = name.strip_prefix(first) else { return false };
+        let Some(mut rest) = name.strip_prefix(first) else {
+            return false;
+        };
         let parts: Vec<&str> = parts.collect();
-        let Some((last, middle)) = parts.split_last() else { return rest.is_empty() };
+        let Some((last, middle)) = parts.split_last() else {
+            return rest.is_empty();
+        };
         for part in middle {
             match rest.find(part) {
                 Some(i) => rest = &rest[i + part.len()..],

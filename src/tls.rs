@@ -46,22 +46,34 @@ pub fn server_config(source: &TlsSource) -> Result<rustls::ServerConfig, TlsErro
             (cert, key, None)
         }
     };
-    let load_err = |key: &'static str, path: &Path, message: String| TlsError::Load { key, path: path.to_owned(), message };
+    let load_err = |key: &'static str, path: &Path, message: String| TlsError::Load {
+        key,
+        path: path.to_owned(),
+        message,
+    };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
         .and_then(Iterator::collect)
         .map_err(|e| load_err("tls.cert", &cert, e.to_string()))?;
     if chain.is_empty() {
-        return Err(load_err("tls.cert", &cert, "no certificate in the file".into()));
+        return Err(load_err(
+            "tls.cert",
+            &cert,
+            "no certificate in the file".into(),
+        ));
     }
-    let private_key = PrivateKeyDer::from_pem_file(&key).map_err(|e| load_err("tls.key", &key, e.to_string()))?;
+    let private_key =
+        PrivateKeyDer::from_pem_file(&key).map_err(|e| load_err("tls.key", &key, e.to_string()))?;
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
     let builder = match &ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| load_err("tls.ca", ca, e.to_string()))? {
+            for cert in CertificateDer::pem_file_iter(ca)
+                .map_err(|e| load_err("tls.ca", ca, e.to_string()))?
+            {
                 roots.add(cert.map_err(|e| load_err("tls.ca", ca, e.to_string()))?)?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
@@ -87,14 +99,25 @@ pub fn ensure_self_signed(dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
         tracing::info!(cert = %cert_path.display(), key = %key_path.display(), "using the self-signed certificate made earlier");
         return Ok((cert_path, key_path));
     }
-    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-    let made = rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::SelfSigned(e.to_string()))?;
-    let fail = |e: std::io::Error| TlsError::SelfSigned(format!("cannot write under {}: {e}", dir.display()));
+    let names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    let made = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
+    let fail = |e: std::io::Error| {
+        TlsError::SelfSigned(format!("cannot write under {}: {e}", dir.display()))
+    };
     std::fs::create_dir_all(dir).map_err(fail)?;
     std::fs::write(&cert_path, made.cert.pem()).map_err(fail)?;
     write_private(&key_path, made.signing_key.serialize_pem().as_bytes()).map_err(fail)?;
     tracing::info!(cert = %cert_path.display(), key = %key_path.display(), "made a self-signed certificate for localhost");
-    println!("self-signed certificate: {} (key {})", cert_path.display(), key_path.display());
+    println!(
+        "self-signed certificate: {} (key {})",
+        cert_path.display(),
+        key_path.display()
+    );
     Ok((cert_path, key_path))
 }
 
@@ -102,6 +125,11 @@ pub fn ensure_self_signed(dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     file.write_all(bytes)
 }

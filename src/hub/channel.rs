@@ -86,7 +86,11 @@ impl Channel {
             if self.history.len() >= self.rule.history_size {
                 self.history.pop_front();
             }
-            self.history.push_back(Stored { offset: self.last_offset, at: now, event });
+            self.history.push_back(Stored {
+                offset: self.last_offset,
+                at: now,
+                event,
+            });
         }
         self.last_offset
     }
@@ -105,17 +109,26 @@ impl Channel {
     /// holds all of it.
     pub fn after(&mut self, offset: u64, epoch: Option<&str>, now: Instant) -> Recovery<'_> {
         self.expire(now);
-        let fail = Recovery { events: Vec::new(), recovered: false };
+        let fail = Recovery {
+            events: Vec::new(),
+            recovered: false,
+        };
         if epoch.is_some_and(|e| e != &*self.epoch) || offset > self.last_offset {
             return fail;
         }
         if offset == self.last_offset {
-            return Recovery { events: Vec::new(), recovered: true };
+            return Recovery {
+                events: Vec::new(),
+                recovered: true,
+            };
         }
         match self.history.front() {
             Some(first) if first.offset <= offset + 1 => {
                 let skip = (offset + 1 - first.offset) as usize;
-                Recovery { events: self.history.iter().skip(skip).collect(), recovered: true }
+                Recovery {
+                    events: self.history.iter().skip(skip).collect(),
+                    recovered: true,
+                }
             }
             _ => fail,
         }
@@ -136,7 +149,13 @@ impl Channel {
 
     /// The members as the API lists them.
     pub fn member_list(&self) -> Vec<Member> {
-        self.members.values().map(|c| Member { user: c.user().to_owned(), conn: c.id.to_string() }).collect()
+        self.members
+            .values()
+            .map(|c| Member {
+                user: c.user().to_owned(),
+                conn: c.id.to_string(),
+            })
+            .collect()
     }
 }
 
@@ -157,7 +176,11 @@ mod tests {
     }
 
     fn event() -> Arc<EventBody> {
-        Arc::new(EventBody::new("e", &RawValue::from_string("1".into()).unwrap(), None))
+        Arc::new(EventBody::new(
+            "e",
+            &RawValue::from_string("1".into()).unwrap(),
+            None,
+        ))
     }
 
     #[test]
@@ -168,15 +191,33 @@ mod tests {
             ch.append(event(), now);
         }
         let epoch = ch.epoch.to_string();
-        let offsets = |r: Recovery<'_>| (r.recovered, r.events.iter().map(|s| s.offset).collect::<Vec<_>>());
-        assert_eq!(offsets(ch.after(2, Some(&epoch), now)), (true, vec![3, 4, 5]));
+        let offsets = |r: Recovery<'_>| {
+            (
+                r.recovered,
+                r.events.iter().map(|s| s.offset).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            offsets(ch.after(2, Some(&epoch), now)),
+            (true, vec![3, 4, 5])
+        );
         assert_eq!(offsets(ch.after(4, Some(&epoch), now)), (true, vec![5]));
         assert_eq!(offsets(ch.after(5, Some(&epoch), now)), (true, vec![]));
-        assert_eq!(offsets(ch.after(1, Some(&epoch), now)), (false, vec![]), "offset 2 left history");
+        assert_eq!(
+            offsets(ch.after(1, Some(&epoch), now)),
+            (false, vec![]),
+            "offset 2 left history"
+        );
         assert_eq!(offsets(ch.after(6, Some(&epoch), now)), (false, vec![]));
         assert_eq!(offsets(ch.after(3, Some("other"), now)), (false, vec![]));
         assert_eq!(offsets(ch.after(3, None, now)), (true, vec![4, 5]));
-        assert_eq!(ch.latest(2, now).iter().map(|s| s.offset).collect::<Vec<_>>(), vec![4, 5]);
+        assert_eq!(
+            ch.latest(2, now)
+                .iter()
+                .map(|s| s.offset)
+                .collect::<Vec<_>>(),
+            vec![4, 5]
+        );
     }
 
     #[test]

@@ -63,7 +63,11 @@ impl Conn {
         match self.frames_tx.try_send(frame) {
             Ok(()) => Queued::Yes,
             Err(TrySendError::Full(_)) => {
-                if self.disconnect.trigger(Disconnect::new(4102, "too slow: outbound queue overflowed", true)) {
+                if self.disconnect.trigger(Disconnect::new(
+                    4102,
+                    "too slow: outbound queue overflowed",
+                    true,
+                )) {
                     Queued::Overflowed
                 } else {
                     Queued::Gone

@@ -36,7 +36,10 @@ pub struct Dedup {
 impl Dedup {
     /// An empty window of the given length.
     pub fn new(window: Duration) -> Self {
-        Self { window, seen: Mutex::new(HashMap::new()) }
+        Self {
+            window,
+            seen: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Claims `key` for a publish now.
@@ -69,7 +72,9 @@ impl Dedup {
 
     /// Forgets keys older than the window.
     pub fn expire(&self, now: Instant) {
-        self.seen.lock().retain(|_, (at, _)| now.duration_since(*at) <= self.window);
+        self.seen
+            .lock()
+            .retain(|_, (at, _)| now.duration_since(*at) <= self.window);
     }
 }
 
@@ -78,25 +83,35 @@ mod tests {
     use super::*;
 
     fn published(id: &str) -> Published {
-        Published { id: id.into(), offsets: Default::default() }
+        Published {
+            id: id.into(),
+            offsets: Default::default(),
+        }
     }
 
     #[test]
     fn second_claim_sees_the_first_result() {
         let dedup = Dedup::new(Duration::from_secs(60));
         let now = Instant::now();
-        let Claim::Fresh(p) = dedup.claim("k", now) else { panic!("fresh") };
+        let Claim::Fresh(p) = dedup.claim("k", now) else {
+            panic!("fresh")
+        };
         p.finish(Some(&published("a")));
         assert!(matches!(dedup.claim("k", now), Claim::Seen(p) if p.id == "a"));
         let later = now + Duration::from_secs(61);
-        assert!(matches!(dedup.claim("k", later), Claim::Fresh(_)), "window passed");
+        assert!(
+            matches!(dedup.claim("k", later), Claim::Fresh(_)),
+            "window passed"
+        );
     }
 
     #[test]
     fn a_failed_first_publish_frees_the_key() {
         let dedup = Dedup::new(Duration::from_secs(60));
         let now = Instant::now();
-        let Claim::Fresh(p) = dedup.claim("k", now) else { panic!("fresh") };
+        let Claim::Fresh(p) = dedup.claim("k", now) else {
+            panic!("fresh")
+        };
         p.finish(None);
         assert!(matches!(dedup.claim("k", now), Claim::Fresh(_)));
     }

@@ -28,7 +28,9 @@ impl EventBody {
     /// Serializes an event once; `data` is copied as the JSON text it arrived in.
     pub fn new(event: &str, data: &RawValue, from: Option<From<'_>>) -> Self {
         let id = uuid::Uuid::now_v7().to_string();
-        let ts = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let mut out = Vec::with_capacity(64 + event.len() + data.get().len() + id.len());
         out.extend_from_slice(br#"{"op":"event","event":"#);
         push_json_str(&mut out, event);
@@ -45,7 +47,10 @@ impl EventBody {
             push_json_str(&mut out, from.conn);
             out.push(b'}');
         }
-        Self { id, prefix: Bytes::from(out) }
+        Self {
+            id,
+            prefix: Bytes::from(out),
+        }
     }
 
     /// The complete event frame for a recipient that matched through `via`.
@@ -80,7 +85,14 @@ mod tests {
     #[test]
     fn frame_is_valid_json_with_via() {
         let data = RawValue::from_string(r#"{"msg":"hi \"there\""}"#.into()).unwrap();
-        let body = EventBody::new("MESSAGE:\"NEW\"", &data, Some(From { user: "al\nice", conn: "c_1" }));
+        let body = EventBody::new(
+            "MESSAGE:\"NEW\"",
+            &data,
+            Some(From {
+                user: "al\nice",
+                conn: "c_1",
+            }),
+        );
         let chat = ChannelName::parse("chat").unwrap();
         let alice = ChannelName::parse("@alice").unwrap();
         let frame = body.frame([(&chat, 42), (&alice, 7)]);
@@ -90,7 +102,10 @@ mod tests {
         assert_eq!(v["data"]["msg"], "hi \"there\"");
         assert_eq!(v["id"], body.id.as_str());
         assert_eq!(v["via"], serde_json::json!({"chat":42,"@alice":7}));
-        assert_eq!(v["from"], serde_json::json!({"user":"al\nice","conn":"c_1"}));
+        assert_eq!(
+            v["from"],
+            serde_json::json!({"user":"al\nice","conn":"c_1"})
+        );
         assert!(v["ts"].as_u64().unwrap() > 1_700_000_000_000);
     }
 }

@@ -21,17 +21,26 @@ pub struct Skip<'a> {
 impl<'a> Skip<'a> {
     /// Skips the listed connection ids (an envelope's `except`).
     pub fn except(except: &'a [String]) -> Self {
-        Self { except, sender: None }
+        Self {
+            except,
+            sender: None,
+        }
     }
 
     /// Skips the publishing connection (a client publish without `echo`).
     pub fn sender(key: u64) -> Self {
-        Self { except: &[], sender: Some(key) }
+        Self {
+            except: &[],
+            sender: Some(key),
+        }
     }
 
     /// Skips nobody.
     pub fn none() -> Self {
-        Self { except: &[], sender: None }
+        Self {
+            except: &[],
+            sender: None,
+        }
     }
 
     fn skips(&self, conn: &Conn) -> bool {
@@ -42,10 +51,18 @@ impl<'a> Skip<'a> {
 impl Hub {
     /// Appends `body` to every target's history and queues it to every matching connection.
     /// Returns the offset it got in each target.
-    pub(super) fn fan_out(&self, targets: &[ChannelName], body: &Arc<EventBody>, skip: &Skip<'_>) -> Offsets {
+    pub(super) fn fan_out(
+        &self,
+        targets: &[ChannelName],
+        body: &Arc<EventBody>,
+        skip: &Skip<'_>,
+    ) -> Offsets {
         let now = Instant::now();
         let mut channels = self.lock_channels(targets);
-        let offsets: Vec<u64> = channels.iter_mut().map(|c| c.append(body.clone(), now)).collect();
+        let offsets: Vec<u64> = channels
+            .iter_mut()
+            .map(|c| c.append(body.clone(), now))
+            .collect();
         let mut delivered = 0;
         if let [channel] = channels.as_slice() {
             // The common case: one channel, one frame for every member.
@@ -59,19 +76,30 @@ impl Hub {
             let mut matched: HashMap<u64, (&Arc<Conn>, SmallVec<[u32; 4]>)> = HashMap::new();
             for (i, channel) in channels.iter().enumerate() {
                 for member in channel.members.values().filter(|m| !skip.skips(m)) {
-                    matched.entry(member.key).or_insert_with(|| (member, SmallVec::new())).1.push(i as u32);
+                    matched
+                        .entry(member.key)
+                        .or_insert_with(|| (member, SmallVec::new()))
+                        .1
+                        .push(i as u32);
                 }
             }
             let mut frames: HashMap<&SmallVec<[u32; 4]>, Bytes> = HashMap::new();
             for (conn, via) in matched.values() {
                 let frame = frames.entry(via).or_insert_with(|| {
-                    body.frame(via.iter().map(|&i| (&channels[i as usize].name, offsets[i as usize])))
+                    body.frame(
+                        via.iter()
+                            .map(|&i| (&channels[i as usize].name, offsets[i as usize])),
+                    )
                 });
                 delivered += u64::from(self.queue(conn, frame.clone()));
             }
         }
         self.0.metrics.events_in.inc();
         self.0.metrics.events_out.inc_by(delivered);
-        targets.iter().zip(offsets).map(|(name, offset)| (name.to_string(), offset)).collect()
+        targets
+            .iter()
+            .zip(offsets)
+            .map(|(name, offset)| (name.to_string(), offset))
+            .collect()
     }
 }

@@ -19,7 +19,10 @@ pub struct OpError {
 impl OpError {
     /// An error with a code and message.
     pub fn new(code: u16, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
     /// 4000: the frame is malformed.
@@ -59,8 +62,15 @@ impl Request<'_> {
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let msg = e.into_inner().to_string();
-            let msg = msg.find(" at line ").map_or(msg.as_str(), |i| &msg[..i]).to_owned();
-            OpError::bad_frame(if path == "." { msg } else { format!("{path}: {msg}") })
+            let msg = msg
+                .find(" at line ")
+                .map_or(msg.as_str(), |i| &msg[..i])
+                .to_owned();
+            OpError::bad_frame(if path == "." {
+                msg
+            } else {
+                format!("{path}: {msg}")
+            })
         })
     }
 }
@@ -70,7 +80,8 @@ impl Request<'_> {
 /// # Errors
 /// 4000 (with the id when it was readable) for anything that is not a frame.
 pub fn parse_request(raw: &str) -> Result<Request<'_>, (Option<u64>, OpError)> {
-    let head: Head = serde_json::from_str(raw).map_err(|_| (None, OpError::bad_frame("not a JSON object")))?;
+    let head: Head =
+        serde_json::from_str(raw).map_err(|_| (None, OpError::bad_frame("not a JSON object")))?;
     let id = match head.id {
         None | Some(serde_json::Value::Null) => None,
         Some(v) => match v.as_u64() {
@@ -91,11 +102,14 @@ pub fn parse_request(raw: &str) -> Result<Request<'_>, (Option<u64>, OpError)> {
 /// 4000 when the message is an array that is not valid JSON.
 pub fn split_frames(text: &str) -> Result<Vec<&str>, OpError> {
     if text.trim_start().starts_with('[') {
-        let frames: Vec<&RawValue> =
-            serde_json::from_str(text).map_err(|_| OpError::bad_frame("not a JSON array of frames"))?;
+        let frames: Vec<&RawValue> = serde_json::from_str(text)
+            .map_err(|_| OpError::bad_frame("not a JSON array of frames"))?;
         return Ok(frames.into_iter().map(RawValue::get).collect());
     }
-    Ok(text.split('\n').filter(|line| !line.trim().is_empty()).collect())
+    Ok(text
+        .split('\n')
+        .filter(|line| !line.trim().is_empty())
+        .collect())
 }
 
 /// `{"op":"reply","id":N,"ok":true,"data":…}`.
@@ -107,7 +121,12 @@ pub fn reply_ok(id: u64, data: &impl Serialize) -> Bytes {
         ok: bool,
         data: &'a T,
     }
-    to_bytes(&Ok { op: "reply", id, ok: true, data })
+    to_bytes(&Ok {
+        op: "reply",
+        id,
+        ok: true,
+        data,
+    })
 }
 
 /// `{"op":"reply","id":N,"ok":false,"code":C,"error":"…"}`; without `id` when the frame had none.
@@ -121,7 +140,13 @@ pub fn reply_err(id: Option<u64>, err: &OpError) -> Bytes {
         code: u16,
         error: &'a str,
     }
-    to_bytes(&Err { op: "reply", id, ok: false, code: err.code, error: &err.message })
+    to_bytes(&Err {
+        op: "reply",
+        id,
+        ok: false,
+        code: err.code,
+        error: &err.message,
+    })
 }
 
 /// `{"op":"joined"|"left","channel","user","conn"}` for the other members.
@@ -215,17 +240,33 @@ mod tests {
 
     #[test]
     fn splits_and_reads_heads() {
-        assert_eq!(split_frames("{\"op\":\"a\"}\n\n{\"op\":\"b\"}\n").unwrap().len(), 2);
-        assert_eq!(split_frames(r#" [{"op":"a"},{"op":"b"}]"#).unwrap(), [r#"{"op":"a"}"#, r#"{"op":"b"}"#]);
+        assert_eq!(
+            split_frames("{\"op\":\"a\"}\n\n{\"op\":\"b\"}\n")
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            split_frames(r#" [{"op":"a"},{"op":"b"}]"#).unwrap(),
+            [r#"{"op":"a"}"#, r#"{"op":"b"}"#]
+        );
         assert!(split_frames("[oops").is_err());
 
         let req = parse_request(r#"{"op":"join","id":3,"channel":"c"}"#).unwrap();
         assert_eq!((req.id, req.op.as_str()), (Some(3), "join"));
         assert_eq!(req.fields::<ChannelOnly>().unwrap().channel, "c");
-        let bad = parse_request(r#"{"op":"join","id":3,"channel":5}"#).unwrap().fields::<ChannelOnly>();
-        assert_eq!(bad.err().unwrap().message, "channel: invalid type: integer `5`, expected a string");
+        let bad = parse_request(r#"{"op":"join","id":3,"channel":5}"#)
+            .unwrap()
+            .fields::<ChannelOnly>();
+        assert_eq!(
+            bad.err().unwrap().message,
+            "channel: invalid type: integer `5`, expected a string"
+        );
         assert_eq!(parse_request("nope").err().unwrap().1.code, 4000);
-        assert_eq!(parse_request(r#"{"op":"x","id":-1}"#).err().unwrap().0, None);
+        assert_eq!(
+            parse_request(r#"{"op":"x","id":-1}"#).err().unwrap().0,
+            None
+        );
         assert_eq!(parse_request(r#"{"id":2}"#).err().unwrap().0, Some(2));
     }
 }

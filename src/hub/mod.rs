@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use herald_connector_api::{
-    ChannelName, ChannelSummary, Disconnect, Envelope, Gateway, GatewayInfo, HistoryError, HistoryPage, Member,
-    OpenError, Outbox, PeerInfo, PublishError, Published, SessionHub, Since, Target,
+    ChannelName, ChannelSummary, Disconnect, Envelope, Gateway, GatewayInfo, HistoryError,
+    HistoryPage, Member, OpenError, Outbox, PeerInfo, PublishError, Published, SessionHub, Since,
+    Target,
 };
 use parking_lot::{ArcMutexGuard, Mutex, RawMutex};
 use serde_json::value::RawValue;
@@ -122,7 +123,8 @@ impl Hub {
     pub fn shut_down(&self) {
         self.0.shutting_down.store(true, Ordering::SeqCst);
         for conn in self.0.conns.iter() {
-            conn.disconnect.trigger(Disconnect::new(4100, "shutdown", true));
+            conn.disconnect
+                .trigger(Disconnect::new(4100, "shutdown", true));
         }
     }
 
@@ -150,7 +152,12 @@ impl Hub {
 
     fn rule_for(&self, name: &ChannelName) -> Arc<ChannelRule> {
         let config = &self.0.config;
-        config.rules.iter().find(|r| r.pattern.matches(name.as_str())).unwrap_or(&config.default_rule).clone()
+        config
+            .rules
+            .iter()
+            .find(|r| r.pattern.matches(name.as_str()))
+            .unwrap_or(&config.default_rule)
+            .clone()
     }
 
     /// Locks the named channels, creating missing ones; guards come back in the order of
@@ -189,7 +196,9 @@ impl Hub {
         self.0
             .channels
             .entry(name.clone())
-            .or_insert_with(|| Arc::new(Mutex::new(Channel::new(name.clone(), self.rule_for(name)))))
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(Channel::new(name.clone(), self.rule_for(name))))
+            })
             .clone()
     }
 
@@ -200,7 +209,9 @@ impl Hub {
         }
         let channels: Vec<ChannelName> = conn.channels.lock().drain().collect();
         for name in channels {
-            let Some(arc) = self.0.channels.get(&name).map(|c| c.clone()) else { continue };
+            let Some(arc) = self.0.channels.get(&name).map(|c| c.clone()) else {
+                continue;
+            };
             let mut channel = arc.lock();
             if channel.members.swap_remove(&conn.key).is_some() {
                 self.notify_membership(&channel, "left", conn);
@@ -233,8 +244,20 @@ impl Hub {
 
     fn matching_conns(&self, target: &Target) -> Vec<Arc<Conn>> {
         match target {
-            Target::Conn(id) => self.0.conns.get(id.as_str()).map(|c| c.clone()).into_iter().collect(),
-            Target::User(user) => self.0.conns.iter().filter(|c| c.user() == user).map(|c| c.clone()).collect(),
+            Target::Conn(id) => self
+                .0
+                .conns
+                .get(id.as_str())
+                .map(|c| c.clone())
+                .into_iter()
+                .collect(),
+            Target::User(user) => self
+                .0
+                .conns
+                .iter()
+                .filter(|c| c.user() == user)
+                .map(|c| c.clone())
+                .collect(),
             Target::All => self.0.conns.iter().map(|c| c.clone()).collect(),
         }
     }
@@ -253,7 +276,10 @@ impl Hub {
 }
 
 impl SessionHub for Hub {
-    fn open(&self, peer: PeerInfo) -> Result<(Box<dyn herald_connector_api::ClientSession>, Outbox), OpenError> {
+    fn open(
+        &self,
+        peer: PeerInfo,
+    ) -> Result<(Box<dyn herald_connector_api::ClientSession>, Outbox), OpenError> {
         if self.0.shutting_down.load(Ordering::SeqCst) {
             return Err(OpenError::ShuttingDown);
         }
@@ -266,9 +292,15 @@ impl SessionHub for Hub {
         self.0.conns.insert(id, conn.clone());
         self.0.metrics.connections.inc();
         self.0.metrics.connections_opened.inc();
-        let outbox = Outbox { frames, disconnect: conn.disconnect.clone() };
+        let outbox = Outbox {
+            frames,
+            disconnect: conn.disconnect.clone(),
+        };
         session::spawn_auth_deadline(&conn, self.0.config.auth_timeout);
-        Ok((Box::new(session::Session::new(self.clone(), conn, peer)), outbox))
+        Ok((
+            Box::new(session::Session::new(self.clone(), conn, peer)),
+            outbox,
+        ))
     }
 }
 
@@ -278,7 +310,11 @@ impl Gateway for Hub {
             return Err(PublishError::ShuttingDown);
         }
         envelope.validate()?;
-        let pending = match envelope.key.as_deref().map(|k| self.0.dedup.claim(k, Instant::now())) {
+        let pending = match envelope
+            .key
+            .as_deref()
+            .map(|k| self.0.dedup.claim(k, Instant::now()))
+        {
             Some(Claim::Seen(earlier)) => {
                 self.0.metrics.duplicates_suppressed.inc();
                 return Ok(earlier);
@@ -287,8 +323,15 @@ impl Gateway for Hub {
             None => None,
         };
         let body = Arc::new(EventBody::new(&envelope.event, &envelope.data, None));
-        let offsets = self.fan_out(&envelope.targets(), &body, &fanout::Skip::except(&envelope.except));
-        let published = Published { id: body.id.clone(), offsets };
+        let offsets = self.fan_out(
+            &envelope.targets(),
+            &body,
+            &fanout::Skip::except(&envelope.except),
+        );
+        let published = Published {
+            id: body.id.clone(),
+            offsets,
+        };
         if let Some(pending) = pending {
             pending.finish(Some(&published));
         }
@@ -301,7 +344,10 @@ impl Gateway for Hub {
             .iter()
             .map(|arc| {
                 let c = arc.lock();
-                ChannelSummary { channel: c.name.to_string(), members: c.members.len() }
+                ChannelSummary {
+                    channel: c.name.to_string(),
+                    members: c.members.len(),
+                }
             })
             .collect();
         out.sort_by(|a, b| a.channel.cmp(&b.channel));
@@ -309,12 +355,24 @@ impl Gateway for Hub {
     }
 
     fn presence(&self, channel: &ChannelName) -> Vec<Member> {
-        self.0.channels.get(channel).map(|c| c.clone()).map(|arc| arc.lock().member_list()).unwrap_or_default()
+        self.0
+            .channels
+            .get(channel)
+            .map(|c| c.clone())
+            .map(|arc| arc.lock().member_list())
+            .unwrap_or_default()
     }
 
-    fn history(&self, name: &ChannelName, since: Option<Since>, limit: usize) -> Result<HistoryPage, HistoryError> {
+    fn history(
+        &self,
+        name: &ChannelName,
+        since: Option<Since>,
+        limit: usize,
+    ) -> Result<HistoryPage, HistoryError> {
         if limit == 0 || limit > MAX_HISTORY_LIMIT {
-            return Err(HistoryError::BadLimit { max: MAX_HISTORY_LIMIT });
+            return Err(HistoryError::BadLimit {
+                max: MAX_HISTORY_LIMIT,
+            });
         }
         let mut channel = self.lock_channel(name);
         let now = Instant::now();
@@ -325,25 +383,48 @@ impl Gateway for Hub {
                 let events: Vec<&Stored> = r.events.into_iter().take(limit).collect();
                 (Self::history_frames(name, &events), Some(r.recovered))
             }
-            None => (Self::history_frames(name, &channel.latest(limit, now)), None),
+            None => (
+                Self::history_frames(name, &channel.latest(limit, now)),
+                None,
+            ),
         };
-        Ok(HistoryPage { events, offset, epoch, recovered })
+        Ok(HistoryPage {
+            events,
+            offset,
+            epoch,
+            recovered,
+        })
     }
 
     fn disconnect(&self, target: Target, reason: &str, reconnect: bool) -> usize {
         self.matching_conns(&target)
             .iter()
-            .filter(|c| c.disconnect.trigger(Disconnect::new(4101, reason, reconnect)))
+            .filter(|c| {
+                c.disconnect
+                    .trigger(Disconnect::new(4101, reason, reconnect))
+            })
             .count()
     }
 
     fn unsubscribe(&self, name: &ChannelName, target: Target) -> usize {
-        let Some(arc) = self.0.channels.get(name).map(|c| c.clone()) else { return 0 };
+        let Some(arc) = self.0.channels.get(name).map(|c| c.clone()) else {
+            return 0;
+        };
         let mut channel = arc.lock();
         let removed: Vec<Arc<Conn>> = match &target {
             Target::All => channel.members.drain(..).map(|(_, c)| c).collect(),
-            Target::Conn(id) => channel.members.values().filter(|c| *c.id == **id).cloned().collect(),
-            Target::User(user) => channel.members.values().filter(|c| c.user() == user).cloned().collect(),
+            Target::Conn(id) => channel
+                .members
+                .values()
+                .filter(|c| *c.id == **id)
+                .cloned()
+                .collect(),
+            Target::User(user) => channel
+                .members
+                .values()
+                .filter(|c| c.user() == user)
+                .cloned()
+                .collect(),
         };
         let notice = frame::unsubscribed_notice(name.as_str());
         for conn in &removed {

@@ -30,7 +30,11 @@ pub(super) fn spawn_auth_deadline(conn: &Arc<Conn>, timeout: Duration) {
         tokio::time::sleep(timeout).await;
         if let Some(conn) = conn.upgrade() {
             if conn.identity.get().is_none() {
-                conn.disconnect.trigger(Disconnect::new(4008, "no ident within auth_timeout", true));
+                conn.disconnect.trigger(Disconnect::new(
+                    4008,
+                    "no ident within auth_timeout",
+                    true,
+                ));
             }
         }
     });
@@ -106,13 +110,19 @@ impl Session {
             Ok(identity) => identity,
             Err(why) => {
                 tracing::info!(conn = %self.conn.id, error = %why, "authentication failed");
-                self.conn.disconnect.trigger(Disconnect::new(4002, format!("authentication failed: {why}"), false));
+                self.conn.disconnect.trigger(Disconnect::new(
+                    4002,
+                    format!("authentication failed: {why}"),
+                    false,
+                ));
                 return Ok(());
             }
         };
-        let mut wanted: Vec<(ChannelName, Option<Since>)> = Vec::with_capacity(fields.channels.len());
+        let mut wanted: Vec<(ChannelName, Option<Since>)> =
+            Vec::with_capacity(fields.channels.len());
         for (name, position) in &fields.channels {
-            let channel = parse_channel(name).map_err(|e| OpError::bad_frame(format!("channels.{name}: {}", e.message)))?;
+            let channel = parse_channel(name)
+                .map_err(|e| OpError::bad_frame(format!("channels.{name}: {}", e.message)))?;
             check_access(&identity, &channel)?;
             wanted.push((channel, since(position)?));
         }
@@ -125,7 +135,10 @@ impl Session {
         names.extend(wanted.iter().map(|(c, _)| c.clone()));
         names.sort();
         names.dedup();
-        let ordinary = names.iter().filter(|c| c.kind() == ChannelKind::Ordinary).count();
+        let ordinary = names
+            .iter()
+            .filter(|c| c.kind() == ChannelKind::Ordinary)
+            .count();
         if ordinary > config.max_channels_per_connection {
             return Err(OpError::forbidden("too many channels"));
         }
@@ -137,10 +150,17 @@ impl Session {
         let mut recovered_frames = Vec::new();
         for channel in channels.iter_mut() {
             self.add_member(channel);
-            let asked = wanted.iter().find(|(c, _)| *c == channel.name).and_then(|(_, s)| s.as_ref());
+            let asked = wanted
+                .iter()
+                .find(|(c, _)| *c == channel.name)
+                .and_then(|(_, s)| s.as_ref());
             let (offset, epoch) = (channel.last_offset, channel.epoch.clone());
-            let recovered = asked.is_some_and(|s| self.recover(channel, s, now, &mut recovered_frames));
-            positions.insert(channel.name.to_string(), json!({"offset": offset, "epoch": &*epoch, "recovered": recovered}));
+            let recovered =
+                asked.is_some_and(|s| self.recover(channel, s, now, &mut recovered_frames));
+            positions.insert(
+                channel.name.to_string(),
+                json!({"offset": offset, "epoch": &*epoch, "recovered": recovered}),
+            );
         }
         let data = json!({
             "user": &*identity.user, "conn": &*self.conn.id, "node": &*config.node, "channels": positions,
@@ -161,8 +181,12 @@ impl Session {
         let since = fields.since.as_ref().map(since).transpose()?.flatten();
         if name.kind() == ChannelKind::Ordinary {
             let joined = self.conn.channels.lock();
-            let ordinary = joined.iter().filter(|c| c.kind() == ChannelKind::Ordinary).count();
-            if !joined.contains(&name) && ordinary >= self.hub.0.config.max_channels_per_connection {
+            let ordinary = joined
+                .iter()
+                .filter(|c| c.kind() == ChannelKind::Ordinary)
+                .count();
+            if !joined.contains(&name) && ordinary >= self.hub.0.config.max_channels_per_connection
+            {
                 return Err(OpError::forbidden("too many channels"));
             }
         }
@@ -171,7 +195,8 @@ impl Session {
         let mut data = json!({"offset": channel.last_offset, "epoch": &*channel.epoch});
         let mut recovered_frames = Vec::new();
         if let Some(since) = &since {
-            data["recovered"] = json!(self.recover(&mut channel, since, Instant::now(), &mut recovered_frames));
+            data["recovered"] =
+                json!(self.recover(&mut channel, since, Instant::now(), &mut recovered_frames));
         }
         if fields.presence {
             data["members"] = json!(channel.member_list());
@@ -205,16 +230,27 @@ impl Session {
         let name = parse_channel(&fields.channel)?;
         check_access(identity, &name)?;
         if !self.hub.rule_for(&name).client_publish {
-            return Err(OpError::forbidden(format!("clients may not publish to {name}")));
+            return Err(OpError::forbidden(format!(
+                "clients may not publish to {name}"
+            )));
         }
-        if fields.event.is_empty() || fields.event.len() > herald_connector_api::envelope::MAX_EVENT_NAME_LEN {
+        if fields.event.is_empty()
+            || fields.event.len() > herald_connector_api::envelope::MAX_EVENT_NAME_LEN
+        {
             return Err(OpError::bad_frame("event: must be 1 to 256 bytes"));
         }
         let null = RawValue::NULL;
         let data: &RawValue = fields.data.as_deref().unwrap_or(null);
-        let from = From { user: &identity.user, conn: &self.conn.id };
+        let from = From {
+            user: &identity.user,
+            conn: &self.conn.id,
+        };
         let body = Arc::new(EventBody::new(&fields.event, data, Some(from)));
-        let skip = if fields.echo { Skip::none() } else { Skip::sender(self.conn.key) };
+        let skip = if fields.echo {
+            Skip::none()
+        } else {
+            Skip::sender(self.conn.key)
+        };
         let offsets = self.hub.fan_out(std::slice::from_ref(&name), &body, &skip);
         let offset = offsets.get(name.as_str()).copied().unwrap_or_default();
         self.reply(req.id, &json!({"id": body.id, "offset": offset}));
@@ -235,29 +271,47 @@ impl Session {
         check_access(identity, &name)?;
         let limit = fields.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
         let since = fields.since.as_ref().map(since).transpose()?.flatten();
-        let page = self
-            .hub
-            .history(&name, since, limit)
-            .map_err(|_| OpError::bad_frame(format!("limit: must be between 1 and {MAX_HISTORY_LIMIT}")))?;
+        let page = self.hub.history(&name, since, limit).map_err(|_| {
+            OpError::bad_frame(format!("limit: must be between 1 and {MAX_HISTORY_LIMIT}"))
+        })?;
         self.reply(req.id, &page);
         Ok(())
     }
 
     /// Adds this connection to a locked channel, telling the others when it is new there.
     fn add_member(&self, channel: &mut Channel) {
-        if channel.members.insert(self.conn.key, self.conn.clone()).is_none() {
+        if channel
+            .members
+            .insert(self.conn.key, self.conn.clone())
+            .is_none()
+        {
             self.conn.channels.lock().insert(channel.name.clone());
             self.hub.notify_membership(channel, "joined", &self.conn);
         }
     }
 
     /// Collects the frames a client missed since `since`; returns whether that is all of them.
-    fn recover(&self, channel: &mut Channel, since: &Since, now: Instant, out: &mut Vec<Bytes>) -> bool {
+    fn recover(
+        &self,
+        channel: &mut Channel,
+        since: &Since,
+        now: Instant,
+        out: &mut Vec<Bytes>,
+    ) -> bool {
         let name = channel.name.clone();
         let recovery = channel.after(since.offset, since.epoch.as_deref(), now);
-        out.extend(recovery.events.iter().map(|s| s.event.frame([(&name, s.offset)])));
+        out.extend(
+            recovery
+                .events
+                .iter()
+                .map(|s| s.event.frame([(&name, s.offset)])),
+        );
         let metrics = self.hub.metrics();
-        if recovery.recovered { metrics.recoveries_ok.inc() } else { metrics.recoveries_failed.inc() };
+        if recovery.recovered {
+            metrics.recoveries_ok.inc()
+        } else {
+            metrics.recoveries_failed.inc()
+        };
         recovery.recovered
     }
 }
@@ -298,7 +352,9 @@ fn parse_channel(name: &str) -> Result<ChannelName, OpError> {
 fn check_access(identity: &Identity, channel: &ChannelName) -> Result<(), OpError> {
     let allowed = match channel.kind() {
         ChannelKind::Broadcast => true,
-        ChannelKind::Personal => !identity.user.is_empty() && channel.personal_user() == Some(&*identity.user),
+        ChannelKind::Personal => {
+            !identity.user.is_empty() && channel.personal_user() == Some(&*identity.user)
+        }
         ChannelKind::Ordinary => identity.may_access(channel),
     };
     if allowed {
@@ -312,7 +368,10 @@ fn check_access(identity: &Identity, channel: &ChannelName) -> Result<(), OpErro
 fn since(position: &Position) -> Result<Option<Since>, OpError> {
     match (position.offset, &position.epoch) {
         (None, None) => Ok(None),
-        (Some(offset), epoch) => Ok(Some(Since { offset, epoch: epoch.clone() })),
+        (Some(offset), epoch) => Ok(Some(Since {
+            offset,
+            epoch: epoch.clone(),
+        })),
         (None, Some(_)) => Err(OpError::bad_frame("since: offset is required with epoch")),
     }
 }

@@ -1,1 +1,10 @@
-fn main(){}
+//! Herald's integration tests: one binary, real sockets on 127.0.0.1.
+
+mod support;
+
+mod cors;
+mod http_api;
+mod process;
+mod tls;
+mod ws_protocol;
+mod ws_recovery;

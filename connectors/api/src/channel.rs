@@ -55,7 +55,10 @@ impl ChannelName {
             return Err(ChannelNameError::TooLong);
         }
         // User ids (JWT `sub`) may be e-mail addresses, so `@` is allowed after a personal `@`.
-        if !body.chars().all(|c| is_channel_char(c) || (personal && c == '@')) {
+        if !body
+            .chars()
+            .all(|c| is_channel_char(c) || (personal && c == '@'))
+        {
             return Err(ChannelNameError::BadCharacter);
         }
         Ok(Self(Arc::from(name)))
@@ -142,21 +145,45 @@ mod tests {
 
     #[test]
     fn accepts_the_three_kinds() {
-        assert_eq!(ChannelName::parse("game:42/a.b_c-d").unwrap().kind(), ChannelKind::Ordinary);
-        assert_eq!(ChannelName::parse("@alice").unwrap().kind(), ChannelKind::Personal);
-        assert_eq!(ChannelName::parse("*").unwrap().kind(), ChannelKind::Broadcast);
-        assert_eq!(ChannelName::parse("@a@b.c").unwrap().personal_user(), Some("a@b.c"));
+        assert_eq!(
+            ChannelName::parse("game:42/a.b_c-d").unwrap().kind(),
+            ChannelKind::Ordinary
+        );
+        assert_eq!(
+            ChannelName::parse("@alice").unwrap().kind(),
+            ChannelKind::Personal
+        );
+        assert_eq!(
+            ChannelName::parse("*").unwrap().kind(),
+            ChannelKind::Broadcast
+        );
+        assert_eq!(
+            ChannelName::parse("@a@b.c").unwrap().personal_user(),
+            Some("a@b.c")
+        );
     }
 
     #[test]
     fn refuses_bad_names() {
         assert_eq!(ChannelName::parse(""), Err(ChannelNameError::Empty));
         assert_eq!(ChannelName::parse("@"), Err(ChannelNameError::Empty));
-        assert_eq!(ChannelName::parse("a b"), Err(ChannelNameError::BadCharacter));
-        assert_eq!(ChannelName::parse("a*"), Err(ChannelNameError::BadCharacter));
-        assert_eq!(ChannelName::parse("a@b"), Err(ChannelNameError::BadCharacter));
+        assert_eq!(
+            ChannelName::parse("a b"),
+            Err(ChannelNameError::BadCharacter)
+        );
+        assert_eq!(
+            ChannelName::parse("a*"),
+            Err(ChannelNameError::BadCharacter)
+        );
+        assert_eq!(
+            ChannelName::parse("a@b"),
+            Err(ChannelNameError::BadCharacter)
+        );
         assert_eq!(ChannelName::parse("ü"), Err(ChannelNameError::BadCharacter));
-        assert_eq!(ChannelName::parse(&"x".repeat(129)), Err(ChannelNameError::TooLong));
+        assert_eq!(
+            ChannelName::parse(&"x".repeat(129)),
+            Err(ChannelNameError::TooLong)
+        );
         assert!(ChannelName::parse(&"x".repeat(128)).is_ok());
     }
 }

@@ -20,7 +20,10 @@ pub struct EnvelopeError {
 
 impl EnvelopeError {
     fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     /// The same error, with its field path put under `prefix` (e.g. the index in a batch).
@@ -76,7 +79,11 @@ impl Envelope {
         let env: Self = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
             let inner = e.into_inner();
-            let field = if field == "." { missing_field(&inner).unwrap_or_default() } else { field };
+            let field = if field == "." {
+                missing_field(&inner).unwrap_or_default()
+            } else {
+                field
+            };
             EnvelopeError::new(field, strip_position(&inner))
         })?;
         env.validate()?;
@@ -97,7 +104,9 @@ impl Envelope {
         items
             .iter()
             .enumerate()
-            .map(|(i, raw)| Self::from_json(raw.get().as_bytes()).map_err(|e| e.within(&format!("[{i}]"))))
+            .map(|(i, raw)| {
+                Self::from_json(raw.get().as_bytes()).map_err(|e| e.within(&format!("[{i}]")))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map(EnvelopeBatch::Many)
     }
@@ -111,10 +120,14 @@ impl Envelope {
             return Err(EnvelopeError::new("event", "must not be empty"));
         }
         if self.event.len() > MAX_EVENT_NAME_LEN {
-            return Err(EnvelopeError::new("event", format!("longer than {MAX_EVENT_NAME_LEN} bytes")));
+            return Err(EnvelopeError::new(
+                "event",
+                format!("longer than {MAX_EVENT_NAME_LEN} bytes"),
+            ));
         }
         for (i, user) in self.users.iter().enumerate() {
-            ChannelName::personal(user).map_err(|e| EnvelopeError::new(format!("users[{i}]"), e.to_string()))?;
+            ChannelName::personal(user)
+                .map_err(|e| EnvelopeError::new(format!("users[{i}]"), e.to_string()))?;
         }
         if self.channels.is_empty() && self.users.is_empty() && !self.broadcast {
             return Err(EnvelopeError::new(
@@ -127,10 +140,20 @@ impl Envelope {
 
     /// Every channel this envelope targets, each once, in the order given.
     pub fn targets(&self) -> Vec<ChannelName> {
-        let mut out: Vec<ChannelName> = Vec::with_capacity(self.channels.len() + self.users.len() + 1);
-        let personal = self.users.iter().filter_map(|u| ChannelName::personal(u).ok());
+        let mut out: Vec<ChannelName> =
+            Vec::with_capacity(self.channels.len() + self.users.len() + 1);
+        let personal = self
+            .users
+            .iter()
+            .filter_map(|u| ChannelName::personal(u).ok());
         let broadcast = self.broadcast.then(ChannelName::broadcast);
-        for name in self.channels.iter().cloned().chain(personal).chain(broadcast) {
+        for name in self
+            .channels
+            .iter()
+            .cloned()
+            .chain(personal)
+            .chain(broadcast)
+        {
             if !out.contains(&name) {
                 out.push(name);
             }
@@ -184,7 +207,10 @@ mod tests {
     fn names_the_bad_field() {
         let err = |json: &str| Envelope::from_json(json.as_bytes()).unwrap_err().field;
         assert_eq!(err(r#"{"channels":["a"]}"#), "event");
-        assert_eq!(err(r#"{"event":"e","channels":["ok","b a"]}"#), "channels[1]");
+        assert_eq!(
+            err(r#"{"event":"e","channels":["ok","b a"]}"#),
+            "channels[1]"
+        );
         assert_eq!(err(r#"{"event":"e"}"#), "channels");
         assert_eq!(err(r#"{"event":"e","broadcast":"yes"}"#), "broadcast");
         assert_eq!(err(r#"{"event":"e","users":["a b"]}"#), "users[0]");
@@ -193,8 +219,10 @@ mod tests {
 
     #[test]
     fn batch_errors_carry_the_index() {
-        let err = Envelope::batch_from_json(br#"[{"event":"e","broadcast":true},{"event":"e","channels":[1]}]"#)
-            .unwrap_err();
+        let err = Envelope::batch_from_json(
+            br#"[{"event":"e","broadcast":true},{"event":"e","channels":[1]}]"#,
+        )
+        .unwrap_err();
         assert_eq!(err.field, "[1].channels[0]");
         assert!(matches!(
             Envelope::batch_from_json(br#" [{"event":"e","broadcast":true}]"#).unwrap(),

@@ -122,7 +122,12 @@ pub trait Gateway: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`HistoryError`] for a bad limit.
-    fn history(&self, channel: &ChannelName, since: Option<Since>, limit: usize) -> Result<HistoryPage, HistoryError>;
+    fn history(
+        &self,
+        channel: &ChannelName,
+        since: Option<Since>,
+        limit: usize,
+    ) -> Result<HistoryPage, HistoryError>;
     /// Closes the target's connections with 4101; returns how many.
     fn disconnect(&self, target: Target, reason: &str, reconnect: bool) -> usize;
     /// Removes the target's connections from a channel; returns how many.

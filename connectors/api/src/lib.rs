@@ -25,4 +25,6 @@ pub use gateway::{
     ChannelSummary, Gateway, GatewayInfo, HistoryError, HistoryPage, Member, PublishError,
     Published, Since, Target,
 };
-pub use session::{ClientSession, Disconnect, DisconnectSignal, OpenError, Outbox, PeerInfo, SessionHub};
+pub use session::{
+    ClientSession, Disconnect, DisconnectSignal, OpenError, Outbox, PeerInfo, SessionHub,
+};

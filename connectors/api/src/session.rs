@@ -75,7 +75,11 @@ pub struct Disconnect {
 impl Disconnect {
     /// A disconnect with the given code, reason and reconnect hint.
     pub fn new(code: u16, reason: impl Into<String>, reconnect: bool) -> Self {
-        Self { code, reason: reason.into(), reconnect }
+        Self {
+            code,
+            reason: reason.into(),
+            reconnect,
+        }
     }
 
     /// The `{"op":"disconnect",…}` frame.

@@ -41,7 +41,10 @@ pub fn routes(state: ApiState) -> Router {
         .route("/api/channels/{channel}/unsubscribe", post(unsubscribe))
         .route("/api/disconnect", post(disconnect))
         .route("/api/info", get(info))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ))
         .with_state(state)
 }
 
@@ -56,7 +59,11 @@ pub struct ApiError {
 impl ApiError {
     /// 400 naming the bad field.
     pub fn bad_request(field: &str, message: impl std::fmt::Display) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, code: 4000, message: format!("{field}: {message}") }
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: 4000,
+            message: format!("{field}: {message}"),
+        }
     }
 }
 
@@ -71,9 +78,11 @@ impl From<PublishError> for ApiError {
     fn from(err: PublishError) -> Self {
         match err {
             PublishError::Invalid(e) => Self::bad_request(&e.field, &e.message),
-            PublishError::ShuttingDown => {
-                Self { status: StatusCode::SERVICE_UNAVAILABLE, code: 4100, message: err.to_string() }
-            }
+            PublishError::ShuttingDown => Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: 4100,
+                message: err.to_string(),
+            },
         }
     }
 }
@@ -85,11 +94,17 @@ async fn require_api_key(State(state): State<ApiState>, request: Request, next: 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
-        Some(key) if constant_time_eq(key.as_bytes(), state.api_key.as_bytes()) => next.run(request).await,
+        Some(key) if constant_time_eq(key.as_bytes(), state.api_key.as_bytes()) => {
+            next.run(request).await
+        }
         _ => {
             tracing::info!(path = %request.uri().path(), "api request without a valid api key");
-            ApiError { status: StatusCode::UNAUTHORIZED, code: 4002, message: "missing or invalid api key".into() }
-                .into_response()
+            ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                code: 4002,
+                message: "missing or invalid api key".into(),
+            }
+            .into_response()
         }
     }
 }
@@ -100,11 +115,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn publish(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
-    let batch = Envelope::batch_from_json(&body).map_err(|e| ApiError::bad_request(&e.field, &e.message))?;
+    let batch = Envelope::batch_from_json(&body)
+        .map_err(|e| ApiError::bad_request(&e.field, &e.message))?;
     Ok(match batch {
         EnvelopeBatch::One(envelope) => Json(state.gateway.publish(envelope)?).into_response(),
         EnvelopeBatch::Many(envelopes) => {
-            let results = envelopes.into_iter().map(|e| state.gateway.publish(e)).collect::<Result<Vec<_>, _>>()?;
+            let results = envelopes
+                .into_iter()
+                .map(|e| state.gateway.publish(e))
+                .collect::<Result<Vec<_>, _>>()?;
             Json(results).into_response()
         }
     })
@@ -114,7 +133,10 @@ async fn channels(State(state): State<ApiState>) -> Response {
     Json(state.gateway.channels()).into_response()
 }
 
-async fn presence(State(state): State<ApiState>, Path(channel): Path<String>) -> Result<Response, ApiError> {
+async fn presence(
+    State(state): State<ApiState>,
+    Path(channel): Path<String>,
+) -> Result<Response, ApiError> {
     let channel = parse_channel(&channel)?;
     Ok(Json(serde_json::json!({ "members": state.gateway.presence(&channel) })).into_response())
 }
@@ -126,11 +148,23 @@ async fn history(
 ) -> Result<Response, ApiError> {
     let channel = parse_channel(&channel)?;
     let number = |field: &str| -> Result<Option<u64>, ApiError> {
-        query.get(field).map(|v| v.parse::<u64>().map_err(|_| ApiError::bad_request(field, "must be a non-negative integer"))).transpose()
+        query
+            .get(field)
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| ApiError::bad_request(field, "must be a non-negative integer"))
+            })
+            .transpose()
     };
-    let since = number("since")?.map(|offset| Since { offset, epoch: query.get("epoch").cloned() });
+    let since = number("since")?.map(|offset| Since {
+        offset,
+        epoch: query.get("epoch").cloned(),
+    });
     let limit = number("limit")?.map_or(DEFAULT_HISTORY_LIMIT, |l| l as usize);
-    let page = state.gateway.history(&channel, since, limit).map_err(|e| ApiError::bad_request("limit", e))?;
+    let page = state
+        .gateway
+        .history(&channel, since, limit)
+        .map_err(|e| ApiError::bad_request("limit", e))?;
     Ok(Json(page).into_response())
 }
 
@@ -176,7 +210,9 @@ async fn disconnect(State(state): State<ApiState>, body: Bytes) -> Result<Respon
     if target == Target::All {
         return Err(ApiError::bad_request("user", "user or conn is required"));
     }
-    let n = state.gateway.disconnect(target, &body.reason, body.reconnect);
+    let n = state
+        .gateway
+        .disconnect(target, &body.reason, body.reconnect);
     Ok(Json(serde_json::json!({ "disconnected": n })).into_response())
 }
 
@@ -186,7 +222,14 @@ async fn unsubscribe(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let channel = parse_channel(&channel)?;
-    let body: TargetBody = if body.iter().all(u8::is_ascii_whitespace) { TargetBody { user: None, conn: None } } else { parse_body(&body)? };
+    let body: TargetBody = if body.iter().all(u8::is_ascii_whitespace) {
+        TargetBody {
+            user: None,
+            conn: None,
+        }
+    } else {
+        parse_body(&body)?
+    };
     let n = state.gateway.unsubscribe(&channel, body.target()?);
     Ok(Json(serde_json::json!({ "removed": n })).into_response())
 }
@@ -204,7 +247,10 @@ fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let msg = e.into_inner().to_string();
-        let msg = msg.find(" at line ").map_or(msg.as_str(), |i| &msg[..i]).to_owned();
+        let msg = msg
+            .find(" at line ")
+            .map_or(msg.as_str(), |i| &msg[..i])
+            .to_owned();
         ApiError::bad_request(if path == "." { "body" } else { &path }, msg)
     })
 }

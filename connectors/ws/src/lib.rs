@@ -24,6 +24,9 @@ use tokio_util::task::TaskTracker;
 /// Most frames sent as one WebSocket message.
 pub const MAX_BATCH_FRAMES: usize = 256;
 
+/// Smallest message tungstenite reads whole before giving up on a connection.
+const MIN_READ_LIMIT: usize = 256 * 1024;
+
 /// How long the closing handshake (final frames, disconnect, close) may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -58,21 +61,35 @@ pub fn routes(state: WsState) -> Router {
 }
 
 async fn upgrade(State(state): State<WsState>, ws: WebSocketUpgrade) -> Response {
-    let (session, outbox) = match state.hub.open(PeerInfo { transport: "ws", remote: None }) {
+    let (session, outbox) = match state.hub.open(PeerInfo {
+        transport: "ws",
+        remote: None,
+    }) {
         Ok(opened) => opened,
         Err(err @ (OpenError::TooManyConnections | OpenError::ShuttingDown)) => {
             return (StatusCode::SERVICE_UNAVAILABLE, err.to_string()).into_response();
         }
     };
     let config = state.config.clone();
-    // tungstenite's defaults are 64 MiB messages and an unbounded write buffer; a small read
-    // buffer keeps idle connections cheap (it grows only for large messages).
-    ws.max_message_size(config.max_message_size)
-        .max_frame_size(config.max_message_size)
+    // tungstenite's defaults are 64 MiB messages and an unbounded write buffer. It may read a
+    // few times past our limit so that an oversized message is read whole and answered with
+    // 4009 and a clean close, instead of a reset with its tail unread; past that, the 4009
+    // frame is still sent but the close may be lost. A small read buffer keeps idle
+    // connections cheap (it grows only for large messages).
+    let read_limit = config
+        .max_message_size
+        .saturating_mul(4)
+        .max(MIN_READ_LIMIT);
+    ws.max_message_size(read_limit)
+        .max_frame_size(read_limit)
         .read_buffer_size(4096)
         .write_buffer_size(0)
         .max_write_buffer_size(config.max_write_buffer)
-        .on_upgrade(move |socket| state.tracker.track_future(serve(socket, session, outbox, config)))
+        .on_upgrade(move |socket| {
+            state
+                .tracker
+                .track_future(serve(socket, session, outbox, config))
+        })
 }
 
 /// How the connection loop ended.
@@ -85,8 +102,14 @@ enum End {
     Gone,
 }
 
-async fn serve(mut socket: WebSocket, mut session: Box<dyn ClientSession>, mut outbox: Outbox, config: Arc<WsConfig>) {
-    let mut ping = tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
+async fn serve(
+    mut socket: WebSocket,
+    mut session: Box<dyn ClientSession>,
+    mut outbox: Outbox,
+    config: Arc<WsConfig>,
+) {
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
     let mut last_heard = Instant::now();
     let mut batch: Vec<Bytes> = Vec::new();
     let end = loop {
@@ -106,6 +129,9 @@ async fn serve(mut socket: WebSocket, mut session: Box<dyn ClientSession>, mut o
                 }
             }
             inbound = socket.recv() => match inbound {
+                Some(Ok(Message::Text(_) | Message::Binary(_))) if inbound_len(&inbound) > config.max_message_size => {
+                    break End::Disconnect(Disconnect::new(4009, "frame too large", true));
+                }
                 Some(Ok(Message::Text(text))) => {
                     last_heard = Instant::now();
                     session.handle_text(&text);
@@ -162,7 +188,16 @@ async fn serve(mut socket: WebSocket, mut session: Box<dyn ClientSession>, mut o
                 }
                 let frame = Utf8Bytes::try_from(disconnect.frame()).unwrap_or_default();
                 socket.send(Message::Text(frame)).await?;
-                socket.send(close(disconnect.code, &disconnect.reason)).await?;
+                socket
+                    .send(close(disconnect.code, &disconnect.reason))
+                    .await?;
+            }
+        }
+        // Finish the closing handshake: read until the client's close, so the socket is not
+        // dropped with unread input (which would reset it and could lose our close frame).
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
             }
         }
         Ok::<_, axum::Error>(())
@@ -172,10 +207,21 @@ async fn serve(mut socket: WebSocket, mut session: Box<dyn ClientSession>, mut o
     }
 }
 
+fn inbound_len(message: &Option<Result<Message, axum::Error>>) -> usize {
+    match message {
+        Some(Ok(Message::Text(text))) => text.len(),
+        Some(Ok(Message::Binary(bytes))) => bytes.len(),
+        _ => 0,
+    }
+}
+
 fn close(code: u16, reason: &str) -> Message {
     // Close reasons are limited to 123 bytes by RFC 6455.
     let reason: String = reason.chars().take(100).collect();
-    Message::Close(Some(CloseFrame { code, reason: reason.into() }))
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
 }
 
 /// Joins queued frames into one `\n`-separated text message and empties `batch`.
@@ -209,12 +255,19 @@ mod tests {
 
     #[test]
     fn batches_are_newline_separated() {
-        let mut batch = vec![Bytes::from_static(b"{\"a\":1}"), Bytes::from_static(b"{\"b\":2}")];
-        let Message::Text(text) = batch_message(&mut batch) else { panic!("text") };
+        let mut batch = vec![
+            Bytes::from_static(b"{\"a\":1}"),
+            Bytes::from_static(b"{\"b\":2}"),
+        ];
+        let Message::Text(text) = batch_message(&mut batch) else {
+            panic!("text")
+        };
         assert_eq!(text.as_str(), "{\"a\":1}\n{\"b\":2}");
         assert!(batch.is_empty());
         let mut one = vec![Bytes::from_static(b"{}")];
-        let Message::Text(text) = batch_message(&mut one) else { panic!("text") };
+        let Message::Text(text) = batch_message(&mut one) else {
+            panic!("text")
+        };
         assert_eq!(text.as_str(), "{}");
     }
 }

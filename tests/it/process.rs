@@ -1,0 +1,247 @@
+//! Tests that run the real `herald` binary: slow consumers and memory, and SIGTERM.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::{Client, API_KEY, JWT_SECRET, WAIT};
+
+struct Herald {
+    child: Child,
+    addr: String,
+}
+
+impl Herald {
+    async fn spawn(args: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args([
+                "--listen",
+                &addr,
+                "--api-key",
+                API_KEY,
+                "--jwt-secret",
+                JWT_SECRET,
+            ])
+            .args(args)
+            .env("HERALD_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn herald");
+        let herald = Self { child, addr };
+        for _ in 0..200 {
+            if reqwest::get(format!("http://{}/healthz", herald.addr))
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return herald;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("herald did not start");
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id().expect("running") as i32
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    fn token(&self, user: &str) -> String {
+        herald::auth::Auth::new(JWT_SECRET).mint(user, None, Duration::from_secs(3600))
+    }
+
+    async fn client(&self, user: &str, channel: &str) -> Client {
+        let mut client = Client::connect(&format!("ws://{}/ws", self.addr)).await;
+        let channels = json!({ channel: {} });
+        let reply = client
+            .request(json!({"op": "ident", "token": self.token(user), "channels": channels}))
+            .await;
+        assert_eq!(reply["ok"], true);
+        client
+    }
+
+    async fn publish(&self, body: &Value) {
+        let response = reqwest::Client::new()
+            .post(format!("http://{}/api/publish", self.addr))
+            .bearer_auth(API_KEY)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+}
+
+/// Reads events on `channel` until `want` arrived or the connection ends; returns how many
+/// came and whether their offsets ran 1, 2, 3 … without gap or repeat. Reads offsets out of
+/// the raw text: parsing 100 × megabytes of JSON in a debug build would dominate the test.
+async fn count_events(client: Client, channel: &str, want: u64) -> (u64, bool) {
+    let marker = format!("\"via\":{{\"{channel}\":");
+    let mut ws = client.into_stream();
+    let (mut received, mut in_order, mut last) = (0u64, true, 0u64);
+    while received < want {
+        let Ok(Some(Ok(message))) = tokio::time::timeout(WAIT, ws.next()).await else {
+            break;
+        };
+        let Message::Text(text) = message else {
+            continue;
+        };
+        for line in text
+            .split('\n')
+            .filter(|l| l.starts_with("{\"op\":\"event\""))
+        {
+            let at = line
+                .find(&marker)
+                .map(|i| i + marker.len())
+                .expect("via offset");
+            let digits: String = line[at..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            let offset: u64 = digits.parse().expect("offset");
+            in_order &= offset == last + 1;
+            last = offset;
+            received += 1;
+        }
+    }
+    (received, in_order)
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_with_4102_while_others_get_everything() {
+    const FAST: usize = 100;
+    const EVENTS: u64 = 3000;
+    const BATCH: u64 = 50;
+    // The queue must hold one publish batch: a batch is queued to everyone at once.
+    let herald = Herald::spawn(&["--client-queue", "256"]).await;
+    let rss_start = herald.rss_kib();
+    let mut fast = Vec::new();
+    for i in 0..FAST {
+        fast.push(herald.client(&format!("fast{i}"), "flood").await);
+    }
+    // The slow client takes a small receive buffer, then never reads again.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(herald.addr.parse().unwrap()).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(
+        format!("ws://{}/ws", herald.addr),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .unwrap();
+    let mut slow = Client::from_stream(ws);
+    let reply = slow
+        .request(json!({"op": "ident", "token": herald.token("slow"), "channels": {"flood": {}}}))
+        .await;
+    assert_eq!(reply["ok"], true);
+
+    let readers: Vec<_> = fast
+        .into_iter()
+        .map(|c| tokio::spawn(count_events(c, "flood", EVENTS)))
+        .collect();
+    // 3000 × 2 KiB = 6 MiB per client: more than the kernel buffers for the stalled socket.
+    let payload = "x".repeat(2048);
+    for batch in 0..EVENTS / BATCH {
+        let envelopes: Vec<Value> = (0..BATCH)
+            .map(|i| json!({"event": "flood", "channels": ["flood"], "data": {"n": batch * BATCH + i, "pad": payload}}))
+            .collect();
+        herald.publish(&Value::Array(envelopes)).await;
+    }
+    let mut complete = 0;
+    for reader in readers {
+        let (received, in_order) = tokio::time::timeout(Duration::from_secs(60), reader)
+            .await
+            .expect("fast readers finish")
+            .unwrap();
+        assert!(in_order, "a fast client saw a gap or repeat");
+        complete += usize::from(received == EVENTS);
+    }
+    let rss_end = herald.rss_kib();
+
+    // Now read the slow client: whatever was in flight, then disconnect 4102 and close.
+    let mut slow_events = 0u64;
+    let disconnect = loop {
+        let frame = slow.next().await;
+        match frame["op"].as_str() {
+            Some("event") => slow_events += 1,
+            Some("disconnect") => break frame,
+            _ => {}
+        }
+    };
+    let metrics = reqwest::get(format!("http://{}/metrics", herald.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    println!(
+        "slow consumer: {FAST} fast clients got {complete}/{FAST} × {EVENTS} events; slow client got {slow_events} then {disconnect}; \
+         herald RSS {rss_start} KiB → {rss_end} KiB"
+    );
+    assert_eq!(complete, FAST, "every fast client got every event");
+    assert_eq!(
+        (disconnect["code"].clone(), disconnect["reconnect"].clone()),
+        (json!(4102), json!(true))
+    );
+    assert!(
+        slow_events < EVENTS,
+        "the slow client was cut before it got everything"
+    );
+    assert!(
+        metrics.contains("herald_slow_consumer_cuts_total 1"),
+        "{metrics}"
+    );
+    // Generous: queues are bounded at 256 frames × 101 connections (~50 MiB at worst).
+    assert!(
+        rss_end < rss_start + 128 * 1024,
+        "RSS grew from {rss_start} KiB to {rss_end} KiB"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_sends_4100_to_every_client_and_exits_0() {
+    let mut herald = Herald::spawn(&[]).await;
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(herald.client(&format!("u{i}"), "room").await);
+    }
+    let mut unidentified = Client::connect(&format!("ws://{}/ws", herald.addr)).await;
+    // SAFETY: kill(2) with a pid we own and a valid signal number.
+    assert_eq!(unsafe { libc::kill(herald.pid(), libc::SIGTERM) }, 0);
+    for client in clients.iter_mut().chain(std::iter::once(&mut unidentified)) {
+        let (frame, code) = client.expect_disconnect().await;
+        assert_eq!(
+            frame,
+            json!({"op": "disconnect", "code": 4100, "reason": "shutdown", "reconnect": true})
+        );
+        assert_eq!(code, 4100);
+    }
+    let status = tokio::time::timeout(WAIT, herald.child.wait())
+        .await
+        .expect("exits in time")
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    // Nothing listens any more.
+    let url = format!("ws://{}/ws", herald.addr);
+    assert!(tokio_tungstenite::connect_async(url)
+        .await
+        .map(
+            |(mut ws, _)| async move { ws.next().await.map(|m| matches!(m, Ok(Message::Close(_)))) }
+        )
+        .is_err());
+}

@@ -1,0 +1,174 @@
+//! Test harness: a gateway on 127.0.0.1:0, WebSocket and HTTP clients, and waits that fail
+//! fast instead of hanging.
+
+#![allow(dead_code)]
+
+pub mod client;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use herald::auth::Auth;
+use herald::config::{Cli, Config};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use client::Client;
+
+/// How long any single wait may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub const API_KEY: &str = "test-api-key";
+pub const JWT_SECRET: &str = "test-jwt-secret";
+
+/// A Herald running inside the test process.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    auth: Auth,
+    http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), herald::RunError>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts a gateway with the test keys plus `args`; `config_toml`, if given, becomes `--config`.
+pub async fn start_with(args: &[&str], config_toml: Option<&str>) -> Gateway {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut argv: Vec<String> = ["herald", "--api-key", API_KEY, "--jwt-secret", JWT_SECRET]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    if let Some(text) = config_toml {
+        let path: PathBuf = dir.path().join("herald.toml");
+        std::fs::write(&path, text).expect("write config");
+        argv.push(format!("--config={}", path.display()));
+    }
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let config = Config::load(Cli::try_parse_from(argv).expect("flags")).expect("config");
+    let tls = config.tls.is_some();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let prepared = herald::prepare(config, listener).expect("prepare");
+    let task = tokio::spawn(prepared.serve(async move {
+        let _ = stopped.await;
+    }));
+    let gateway = Gateway {
+        addr,
+        tls,
+        auth: Auth::new(JWT_SECRET),
+        http: reqwest::Client::new(),
+        stop: Some(stop),
+        task: Some(task),
+        _dir: dir,
+    };
+    if !tls {
+        gateway.wait_healthy().await;
+    }
+    gateway
+}
+
+/// Starts a gateway with the test keys plus `args`.
+pub async fn start(args: &[&str]) -> Gateway {
+    start_with(args, None).await
+}
+
+impl Gateway {
+    async fn wait_healthy(&self) {
+        for _ in 0..100 {
+            if let Ok(r) = self.http.get(self.url("/healthz")).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("gateway never became healthy");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// A token for `user`, optionally limited to channel patterns.
+    pub fn token(&self, user: &str, channels: Option<&[&str]>) -> String {
+        let channels = channels.map(|c| c.iter().map(|s| s.to_string()).collect());
+        self.auth.mint(user, channels, Duration::from_secs(3600))
+    }
+
+    /// A connected, not yet identified WebSocket client.
+    pub async fn connect(&self) -> Client {
+        Client::connect(&format!("ws://{}/ws", self.addr)).await
+    }
+
+    /// A client identified as `user`.
+    pub async fn client(&self, user: &str) -> Client {
+        let mut client = self.connect().await;
+        let reply = client
+            .request(serde_json::json!({"op": "ident", "token": self.token(user, None)}))
+            .await;
+        assert_eq!(reply["ok"], true, "ident failed: {reply}");
+        client
+    }
+
+    /// POSTs JSON with the API key; returns status and body.
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(API_KEY)
+            .json(body)
+            .send()
+            .await
+            .expect("post");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Publishes an envelope; panics unless Herald answers 200.
+    pub async fn publish(&self, envelope: Value) -> Value {
+        let (status, body) = self.post("/api/publish", &envelope).await;
+        assert_eq!(status, 200, "publish refused: {body}");
+        body
+    }
+
+    /// GETs with the API key; returns status and body.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .expect("get");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Triggers shutdown and waits for `run` to return.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("stopped in time")
+                .expect("join")
+                .expect("run ok");
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! `wss`: a self-signed certificate made by Herald, and a CA-signed chain from files.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::json;
+
+use crate::support::{start, Client, Gateway};
+
+fn client_config(
+    roots: &[CertificateDer<'static>],
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Arc<rustls::ClientConfig> {
+    let mut store = RootCertStore::empty();
+    for root in roots {
+        store.add(root.clone()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(store);
+    Arc::new(match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+        None => builder.with_no_client_auth(),
+    })
+}
+
+async fn ident_over_wss(gw: &Gateway, tls: Arc<rustls::ClientConfig>) {
+    let mut client =
+        Client::connect_tls(&format!("wss://127.0.0.1:{}/ws", gw.addr.port()), tls).await;
+    let reply = client
+        .request(json!({"op": "ident", "token": gw.token("secure", None)}))
+        .await;
+    assert_eq!(reply["ok"], true);
+    assert_eq!(reply["data"]["user"], "secure");
+}
+
+fn pem_certs(path: &Path) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_file_iter(path)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[tokio::test]
+async fn wss_with_a_self_signed_certificate_reused_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let gw = start(&["--tls-self-signed", "--tls-dir", dir_arg]).await;
+    let cert_path = dir.path().join("server.pem");
+    let first = std::fs::read(&cert_path).expect("certificate written under --tls-dir");
+    ident_over_wss(&gw, client_config(&pem_certs(&cert_path), None)).await;
+    gw.stop().await;
+
+    let gw = start(&["--tls-self-signed", "--tls-dir", dir_arg]).await;
+    assert_eq!(
+        std::fs::read(&cert_path).unwrap(),
+        first,
+        "the certificate is reused, not remade"
+    );
+    ident_over_wss(&gw, client_config(&pem_certs(&cert_path), None)).await;
+    gw.stop().await;
+}
+
+struct Pki {
+    ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let ca = params.self_signed(&key).unwrap();
+        Self {
+            ca_pem: ca.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn issue(&self, names: &[&str]) -> (String, String) {
+        let params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+#[tokio::test]
+async fn wss_with_a_certificate_chain_from_files_and_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let (leaf, key) = pki.issue(&["127.0.0.1", "localhost"]);
+    let chain_path = dir.path().join("chain.pem");
+    let key_path = dir.path().join("server.key");
+    // A full chain: leaf first, then the CA.
+    std::fs::write(&chain_path, format!("{leaf}{}", pki.ca_pem)).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, &pki.ca_pem).unwrap();
+    let ca = pem_certs(&ca_path);
+    let (cert, key) = (chain_path.to_str().unwrap(), key_path.to_str().unwrap());
+
+    let gw = start(&["--tls-cert", cert, "--tls-key", key]).await;
+    ident_over_wss(&gw, client_config(&ca, None)).await;
+    gw.stop().await;
+
+    // With --tls-ca, only clients holding a certificate from that CA get in.
+    let gw = start(&[
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+        "--tls-ca",
+        ca_path.to_str().unwrap(),
+    ])
+    .await;
+    let (client_cert, client_key) = pki.issue(&["client"]);
+    let identity = (
+        CertificateDer::pem_slice_iter(client_cert.as_bytes())
+            .map(Result::unwrap)
+            .collect(),
+        PrivateKeyDer::from_pem_slice(client_key.as_bytes()).unwrap(),
+    );
+    ident_over_wss(&gw, client_config(&ca, Some(identity))).await;
+    let url = format!("wss://127.0.0.1:{}/ws", gw.addr.port());
+    let connector = tokio_tungstenite::Connector::Rustls(client_config(&ca, None));
+    let refused = tokio_tungstenite::connect_async_tls_with_config(
+        url.as_str(),
+        None,
+        false,
+        Some(connector),
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "a client without a certificate is refused"
+    );
+    gw.stop().await;
+}
