@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use herald_connector_api::ChannelName;
 use serde::Deserialize;
 
@@ -29,6 +29,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 #[derive(Debug, Default, Parser)]
 #[command(name = "herald", version, about, long_about)]
 pub struct Cli {
+    /// What to do; serving is the default.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// TOML configuration file.
     #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -136,6 +139,23 @@ pub struct Cli {
     /// Log format.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+}
+
+/// Subcommands besides serving.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a client token (HS256 JWT) signed with the configured jwt_secret.
+    Token {
+        /// The user id (`sub`).
+        #[arg(long)]
+        user: String,
+        /// Channel patterns the user may join (`*` wildcard; repeatable); all when omitted.
+        #[arg(long = "channel", value_name = "PATTERN")]
+        channels: Vec<String>,
+        /// How long the token is valid.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
 }
 
 /// How logs are written.

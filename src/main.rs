@@ -4,11 +4,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use herald::config::{Cli, Config, LogFormat};
+use herald::config::{Cli, Command, Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    let command = cli.command.take();
     let mut config = match Config::load(cli) {
         Ok(config) => config,
         Err(err) => {
@@ -16,6 +17,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Token {
+        user,
+        channels,
+        ttl,
+    }) = command
+    {
+        return print_token(&config, &user, channels, ttl);
+    }
     init_logs(config.log_format);
     // One crypto provider for every rustls user in the process, chosen before any is built.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -44,6 +53,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn print_token(config: &Config, user: &str, channels: Vec<String>, ttl: Duration) -> ExitCode {
+    let Some(secret) = &config.jwt_secret else {
+        eprintln!("herald: jwt_secret: required to mint a token (--jwt-secret, HERALD_JWT_SECRET or the config file)");
+        return ExitCode::from(2);
+    };
+    let channels = (!channels.is_empty()).then_some(channels);
+    println!(
+        "{}",
+        herald::auth::Auth::new(&secret.0).mint(user, channels, ttl)
+    );
+    ExitCode::SUCCESS
 }
 
 fn init_logs(format: LogFormat) {

@@ -480,3 +480,19 @@ async fn backend_disconnect_and_unsubscribe() {
     assert_eq!(code, 4101);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn silent_connections_are_closed_after_idle_timeout() {
+    let gw = start(&["--ping-interval", "100ms", "--idle-timeout", "400ms"]).await;
+    let mut lively = gw.client("lively").await;
+    let mut silent = gw.client("silent").await;
+    // Reading answers the server's pings (tungstenite replies with pongs), so this one stays;
+    // the other is not read meanwhile, so it sends no pongs and the server gives up on it.
+    lively.expect_nothing(Duration::from_millis(1500)).await;
+    assert!(
+        silent.try_next(Duration::from_secs(2)).await.is_none(),
+        "silent connection closed without frames"
+    );
+    assert_eq!(lively.request(json!({"op": "ping"})).await["ok"], true);
+    gw.stop().await;
+}
