@@ -213,27 +213,14 @@ impl Prepared {
         let local = listener.local_addr()?;
         let handle = axum_server::Handle::new();
         let service = app.into_make_service();
+        let server = axum_server::from_tcp(listener)?.handle(handle.clone());
         let server = match tls {
             Some(tls) => {
                 let rustls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
-                let mut server =
-                    axum_server::from_tcp_rustls(listener, rustls)?.handle(handle.clone());
-                server
-                    .http_builder()
-                    .http1()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT);
-                tokio::spawn(server.serve(service))
+                let server = server.acceptor(axum_server::tls_rustls::RustlsAcceptor::new(rustls));
+                tokio::spawn(with_header_timeout(server).serve(service))
             }
-            None => {
-                let mut server = axum_server::from_tcp(listener)?.handle(handle.clone());
-                server
-                    .http_builder()
-                    .http1()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT);
-                tokio::spawn(server.serve(service))
-            }
+            None => tokio::spawn(with_header_timeout(server).serve(service)),
         };
         ready.set(true);
         let scheme = if config.tls.is_some() {
@@ -278,4 +265,17 @@ impl Prepared {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Bounds how long a client may take to send its request headers (slowloris); axum's own
+/// `serve` sets no such timer.
+fn with_header_timeout<A: axum_server::Address, Acc>(
+    mut server: axum_server::Server<A, Acc>,
+) -> axum_server::Server<A, Acc> {
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    server
 }

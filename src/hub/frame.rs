@@ -58,18 +58,11 @@ impl Request<'_> {
     /// # Errors
     /// 4000 with the field path.
     pub fn fields<T: DeserializeOwned>(&self) -> Result<T, OpError> {
-        let de = &mut serde_json::Deserializer::from_str(self.raw);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let msg = e.into_inner().to_string();
-            let msg = msg
-                .find(" at line ")
-                .map_or(msg.as_str(), |i| &msg[..i])
-                .to_owned();
-            OpError::bad_frame(if path == "." {
-                msg
+        herald_connector_api::parse_json(self.raw.as_bytes()).map_err(|e| {
+            OpError::bad_frame(if e.field.is_empty() {
+                e.message
             } else {
-                format!("{path}: {msg}")
+                e.to_string()
             })
         })
     }

@@ -4,40 +4,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::channel::ChannelName;
+use crate::field::{describe, parse_json, FieldError};
 
 /// Longest event name accepted.
 pub const MAX_EVENT_NAME_LEN: usize = 256;
-
-/// A malformed envelope; `field` names where (`channels[2]`, `data`, `[3].event`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct EnvelopeError {
-    /// Path of the offending field.
-    pub field: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl EnvelopeError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-
-    /// The same error, with its field path put under `prefix` (e.g. the index in a batch).
-    pub fn within(self, prefix: &str) -> Self {
-        let field = if self.field.is_empty() || self.field == "." {
-            prefix.to_owned()
-        } else if self.field.starts_with('[') {
-            format!("{prefix}{}", self.field)
-        } else {
-            format!("{prefix}.{}", self.field)
-        };
-        Self { field, ..self }
-    }
-}
 
 /// What a backend asks Herald to deliver.
 #[derive(Debug, Clone, Deserialize)]
@@ -73,19 +43,9 @@ impl Envelope {
     /// Parses and validates one envelope from JSON text.
     ///
     /// # Errors
-    /// An [`EnvelopeError`] naming the first bad field.
-    pub fn from_json(json: &[u8]) -> Result<Self, EnvelopeError> {
-        let de = &mut serde_json::Deserializer::from_slice(json);
-        let env: Self = serde_path_to_error::deserialize(de).map_err(|e| {
-            let field = e.path().to_string();
-            let inner = e.into_inner();
-            let field = if field == "." {
-                missing_field(&inner).unwrap_or_default()
-            } else {
-                field
-            };
-            EnvelopeError::new(field, strip_position(&inner))
-        })?;
+    /// A [`FieldError`] naming the first bad field.
+    pub fn from_json(json: &[u8]) -> Result<Self, FieldError> {
+        let env: Self = parse_json(json)?;
         env.validate()?;
         Ok(env)
     }
@@ -93,14 +53,14 @@ impl Envelope {
     /// Parses a body that is either one envelope or an array of them.
     ///
     /// # Errors
-    /// An [`EnvelopeError`] naming the first bad field, indexed (`[2].event`) in an array.
-    pub fn batch_from_json(json: &[u8]) -> Result<EnvelopeBatch, EnvelopeError> {
+    /// A [`FieldError`] naming the first bad field, indexed (`[2].event`) in an array.
+    pub fn batch_from_json(json: &[u8]) -> Result<EnvelopeBatch, FieldError> {
         let first = json.iter().find(|b| !b.is_ascii_whitespace());
         if first != Some(&b'[') {
             return Self::from_json(json).map(EnvelopeBatch::One);
         }
-        let items: Vec<&RawValue> = serde_json::from_slice(json)
-            .map_err(|e| EnvelopeError::new("body", strip_position(&e)))?;
+        let items: Vec<&RawValue> =
+            serde_json::from_slice(json).map_err(|e| FieldError::new("body", describe(&e)))?;
         items
             .iter()
             .enumerate()
@@ -114,23 +74,23 @@ impl Envelope {
     /// Checks what serde cannot: names, and that there is somewhere to deliver.
     ///
     /// # Errors
-    /// An [`EnvelopeError`] naming the bad field.
-    pub fn validate(&self) -> Result<(), EnvelopeError> {
+    /// A [`FieldError`] naming the bad field.
+    pub fn validate(&self) -> Result<(), FieldError> {
         if self.event.is_empty() {
-            return Err(EnvelopeError::new("event", "must not be empty"));
+            return Err(FieldError::new("event", "must not be empty"));
         }
         if self.event.len() > MAX_EVENT_NAME_LEN {
-            return Err(EnvelopeError::new(
+            return Err(FieldError::new(
                 "event",
                 format!("longer than {MAX_EVENT_NAME_LEN} bytes"),
             ));
         }
         for (i, user) in self.users.iter().enumerate() {
             ChannelName::personal(user)
-                .map_err(|e| EnvelopeError::new(format!("users[{i}]"), e.to_string()))?;
+                .map_err(|e| FieldError::new(format!("users[{i}]"), e.to_string()))?;
         }
         if self.channels.is_empty() && self.users.is_empty() && !self.broadcast {
-            return Err(EnvelopeError::new(
+            return Err(FieldError::new(
                 "channels",
                 "at least one of channels, users or broadcast:true is required",
             ));
@@ -169,22 +129,6 @@ pub enum EnvelopeBatch {
     One(Envelope),
     /// A JSON array of envelopes.
     Many(Vec<Envelope>),
-}
-
-/// serde reports a missing field at the parent path; take the field name from the message.
-fn missing_field(e: &serde_json::Error) -> Option<String> {
-    let msg = e.to_string();
-    let rest = msg.strip_prefix("missing field `")?;
-    Some(rest.split('`').next()?.to_owned())
-}
-
-/// serde_json appends "at line 1 column 12"; the field path already says where.
-fn strip_position(e: &serde_json::Error) -> String {
-    let msg = e.to_string();
-    match msg.find(" at line ") {
-        Some(i) => msg[..i].to_owned(),
-        None => msg,
-    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::channel::ChannelName;
-use crate::envelope::{Envelope, EnvelopeError};
+use crate::envelope::Envelope;
+use crate::field::FieldError;
 
 /// An accepted publish: the event id and its offset in every target channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -22,7 +23,7 @@ pub struct Published {
 pub enum PublishError {
     /// The envelope is malformed.
     #[error(transparent)]
-    Invalid(#[from] EnvelopeError),
+    Invalid(#[from] FieldError),
     /// The gateway is shutting down and takes no more events.
     #[error("gateway is shutting down")]
     ShuttingDown,

@@ -7,7 +7,8 @@
 //!
 //! # Layout
 //! - [`channel`]: channel names as the contract defines them (`chat`, `@alice`, `*`).
-//! - [`envelope`]: the one publish envelope every backend path sends, with field-naming errors.
+//! - [`envelope`]: the one publish envelope every backend path sends.
+//! - [`field`]: JSON parsing whose errors name the offending field.
 //! - [`gateway`]: what publishers and the admin API may ask of the core.
 //! - [`session`]: the transport seam: one client connection, its inbound frames and its outbox.
 //! - [`connector`]: the trait inbound sources implement, and their context.
@@ -15,12 +16,14 @@
 pub mod channel;
 pub mod connector;
 pub mod envelope;
+pub mod field;
 pub mod gateway;
 pub mod session;
 
 pub use channel::{ChannelKind, ChannelName, ChannelNameError};
 pub use connector::{Connector, ConnectorContext, ConnectorError};
-pub use envelope::{Envelope, EnvelopeBatch, EnvelopeError};
+pub use envelope::{Envelope, EnvelopeBatch};
+pub use field::{parse_json, FieldError};
 pub use gateway::{
     ChannelSummary, Gateway, GatewayInfo, HistoryError, HistoryPage, Member, PublishError,
     Published, Since, Target,

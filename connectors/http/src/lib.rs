@@ -243,15 +243,9 @@ fn parse_channel(name: &str) -> Result<ChannelName, ApiError> {
 }
 
 fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let msg = e.into_inner().to_string();
-        let msg = msg
-            .find(" at line ")
-            .map_or(msg.as_str(), |i| &msg[..i])
-            .to_owned();
-        ApiError::bad_request(if path == "." { "body" } else { &path }, msg)
+    herald_connector_api::parse_json(body).map_err(|e| {
+        let field = if e.field.is_empty() { "body" } else { &e.field };
+        ApiError::bad_request(field, &e.message)
     })
 }
 
