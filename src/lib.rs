@@ -210,6 +210,7 @@ impl Prepared {
         } = self;
         let token = CancellationToken::new();
         tracker.spawn(hub.clone().run_sweeper(token.child_token()));
+        tracker.spawn(hub.clone().run_auth_deadlines(token.child_token()));
         let local = listener.local_addr()?;
         let handle = axum_server::Handle::new();
         let service = app.into_make_service();

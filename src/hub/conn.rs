@@ -4,10 +4,10 @@ use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use herald_connector_api::{ChannelName, Disconnect, DisconnectSignal};
+use herald_connector_api::{
+    frame_queue, ChannelName, Disconnect, DisconnectSignal, FrameReceiver, FrameSender, QueueError,
+};
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
 
 use crate::auth::Identity;
 
@@ -34,13 +34,13 @@ pub struct Conn {
     pub channels: Mutex<HashSet<ChannelName>>,
     /// Ends the connection; the transport watches it.
     pub disconnect: DisconnectSignal,
-    frames_tx: mpsc::Sender<Bytes>,
+    frames_tx: FrameSender,
 }
 
 impl Conn {
     /// A connection with an outbound queue of `capacity` frames, and the queue's receiver.
-    pub fn new(key: u64, id: Arc<str>, capacity: usize) -> (Arc<Self>, mpsc::Receiver<Bytes>) {
-        let (frames_tx, frames_rx) = mpsc::channel(capacity);
+    pub fn new(key: u64, id: Arc<str>, capacity: usize) -> (Arc<Self>, FrameReceiver) {
+        let (frames_tx, frames_rx) = frame_queue(capacity);
         let conn = Self {
             key,
             id,
@@ -62,7 +62,7 @@ impl Conn {
     pub fn queue(&self, frame: Bytes) -> Queued {
         match self.frames_tx.try_send(frame) {
             Ok(()) => Queued::Yes,
-            Err(TrySendError::Full(_)) => {
+            Err(QueueError::Full) => {
                 if self.disconnect.trigger(Disconnect::new(
                     4102,
                     "too slow: outbound queue overflowed",
@@ -73,7 +73,7 @@ impl Conn {
                     Queued::Gone
                 }
             }
-            Err(TrySendError::Closed(_)) => Queued::Gone,
+            Err(QueueError::Closed) => Queued::Gone,
         }
     }
 }

@@ -12,6 +12,7 @@
 //! because a publish then costs no task hop and the HTTP handler gets its offsets back
 //! synchronously, and because channels shard naturally.
 
+mod auth_deadline;
 mod channel;
 mod conn;
 mod dedup;
@@ -40,6 +41,7 @@ pub use event::EventBody;
 
 use crate::auth::Auth;
 use crate::metrics::Metrics;
+use auth_deadline::AuthDeadlines;
 use channel::{Channel, Stored};
 use conn::Conn;
 use dedup::{Claim, Dedup};
@@ -91,12 +93,14 @@ struct Inner {
     conns: DashMap<Arc<str>, Arc<Conn>>,
     channels: DashMap<ChannelName, Arc<Mutex<Channel>>>,
     dedup: Dedup,
+    auth_deadlines: AuthDeadlines,
 }
 
 impl Hub {
     /// A hub with no connections and no channels.
     pub fn new(config: HubConfig, metrics: Arc<Metrics>) -> Self {
         let dedup = Dedup::new(config.dedup_window);
+        let auth_deadlines = AuthDeadlines::new(config.auth_timeout);
         Self(Arc::new(Inner {
             config,
             metrics,
@@ -106,6 +110,7 @@ impl Hub {
             conns: DashMap::new(),
             channels: DashMap::new(),
             dedup,
+            auth_deadlines,
         }))
     }
 
@@ -137,6 +142,11 @@ impl Hub {
                 _ = tick.tick() => self.sweep(Instant::now()),
             }
         }
+    }
+
+    /// Cuts connections that do not identify in time (4008) until `shutdown` is cancelled.
+    pub async fn run_auth_deadlines(self, shutdown: CancellationToken) {
+        self.0.auth_deadlines.run(shutdown).await;
     }
 
     /// Drops channels with no members and no live history, and old idempotency keys.
@@ -296,7 +306,7 @@ impl SessionHub for Hub {
             frames,
             disconnect: conn.disconnect.clone(),
         };
-        session::spawn_auth_deadline(&conn, self.0.config.auth_timeout);
+        self.0.auth_deadlines.watch(&conn);
         Ok((
             Box::new(session::Session::new(self.clone(), conn, peer)),
             outbox,

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use herald_connector_api::{
@@ -21,24 +21,6 @@ use crate::auth::Identity;
 
 /// Events a `history` op returns when it names no `limit`.
 const DEFAULT_HISTORY_LIMIT: usize = 100;
-
-/// Cuts a connection with 4008 if it has not identified within `timeout`.
-pub(super) fn spawn_auth_deadline(conn: &Arc<Conn>, timeout: Duration) {
-    // A weak handle: the timer must not keep a closed connection alive.
-    let conn = Arc::downgrade(conn);
-    tokio::spawn(async move {
-        tokio::time::sleep(timeout).await;
-        if let Some(conn) = conn.upgrade() {
-            if conn.identity.get().is_none() {
-                conn.disconnect.trigger(Disconnect::new(
-                    4008,
-                    "no ident within auth_timeout",
-                    true,
-                ));
-            }
-        }
-    });
-}
 
 /// The inbound half of one connection; dropping it unregisters the connection.
 pub(super) struct Session {

@@ -11,6 +11,7 @@
 //! - [`field`]: JSON parsing whose errors name the offending field.
 //! - [`gateway`]: what publishers and the admin API may ask of the core.
 //! - [`session`]: the transport seam: one client connection, its inbound frames and its outbox.
+//! - [`queue`]: the bounded, lazily allocated frame queue behind every outbox.
 //! - [`connector`]: the trait inbound sources implement, and their context.
 
 pub mod channel;
@@ -18,6 +19,7 @@ pub mod connector;
 pub mod envelope;
 pub mod field;
 pub mod gateway;
+pub mod queue;
 pub mod session;
 
 pub use channel::{ChannelKind, ChannelName, ChannelNameError};
@@ -28,6 +30,7 @@ pub use gateway::{
     ChannelSummary, Gateway, GatewayInfo, HistoryError, HistoryPage, Member, PublishError,
     Published, Since, Target,
 };
+pub use queue::{frame_queue, FrameReceiver, FrameSender, QueueError};
 pub use session::{
     ClientSession, Disconnect, DisconnectSignal, OpenError, Outbox, PeerInfo, SessionHub,
 };

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Who is connecting, as the transport saw it.
@@ -56,7 +55,7 @@ pub trait ClientSession: Send {
 pub struct Outbox {
     /// Server frames, one JSON object each, in delivery order. Bounded: the core cuts the
     /// connection with 4102 rather than wait when it is full.
-    pub frames: mpsc::Receiver<Bytes>,
+    pub frames: crate::queue::FrameReceiver,
     /// Set once when the connection must end.
     pub disconnect: DisconnectSignal,
 }

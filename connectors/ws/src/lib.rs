@@ -24,6 +24,16 @@ use tokio_util::task::TaskTracker;
 /// Most frames sent as one WebSocket message.
 pub const MAX_BATCH_FRAMES: usize = 256;
 
+/// Most bytes joined into one WebSocket message. tungstenite keeps its write buffer at the
+/// size of the largest message it wrote, so this also bounds what a connection holds on to
+/// after a burst; a few KiB per write already amortizes the syscall.
+pub const MAX_BATCH_BYTES: usize = 16 * 1024;
+
+/// tungstenite's read buffer per connection. It zero-fills the whole buffer before each read,
+/// so all of it is resident: small keeps idle connections cheap, and it grows on demand for
+/// large messages (clients mostly receive).
+const READ_BUFFER_SIZE: usize = 512;
+
 /// Smallest message tungstenite reads whole before giving up on a connection.
 const MIN_READ_LIMIT: usize = 256 * 1024;
 
@@ -75,14 +85,14 @@ async fn upgrade(State(state): State<WsState>, ws: WebSocketUpgrade) -> Response
     // few times past our limit so that an oversized message is read whole and answered with
     // 4009 and a clean close, instead of a reset with its tail unread; past that, the 4009
     // frame is still sent but the close may be lost. A small read buffer keeps idle
-    // connections cheap (it grows only for large messages).
+    // connections cheap.
     let read_limit = config
         .max_message_size
         .saturating_mul(4)
         .max(MIN_READ_LIMIT);
     ws.max_message_size(read_limit)
         .max_frame_size(read_limit)
-        .read_buffer_size(4096)
+        .read_buffer_size(READ_BUFFER_SIZE)
         .write_buffer_size(0)
         .max_write_buffer_size(config.max_write_buffer)
         .on_upgrade(move |socket| {
@@ -120,11 +130,10 @@ async fn serve(
                 if n == 0 {
                     break End::Gone;
                 }
-                let message = batch_message(&mut batch);
                 // A client that stops reading blocks this send; its queue then overflows and
                 // the core's 4102 must still get through to end it.
                 tokio::select! {
-                    sent = socket.send(message) => if sent.is_err() { break End::Gone },
+                    sent = send_frames(&mut socket, &mut batch) => if sent.is_err() { break End::Gone },
                     disconnect = outbox.disconnect.triggered() => break End::Disconnect(disconnect.clone()),
                 }
             }
@@ -176,15 +185,10 @@ async fn serve(
             End::Disconnect(disconnect) => {
                 if !disconnect.discards_queue() {
                     batch.clear();
-                    while let Ok(frame) = outbox.frames.try_recv() {
+                    while let Some(frame) = outbox.frames.try_recv() {
                         batch.push(frame);
-                        if batch.len() == MAX_BATCH_FRAMES {
-                            socket.send(batch_message(&mut batch)).await?;
-                        }
                     }
-                    if !batch.is_empty() {
-                        socket.send(batch_message(&mut batch)).await?;
-                    }
+                    send_frames(&mut socket, &mut batch).await?;
                 }
                 let frame = Utf8Bytes::try_from(disconnect.frame()).unwrap_or_default();
                 socket.send(Message::Text(frame)).await?;
@@ -224,14 +228,32 @@ fn close(code: u16, reason: &str) -> Message {
     }))
 }
 
-/// Joins queued frames into one `\n`-separated text message and empties `batch`.
-fn batch_message(batch: &mut Vec<Bytes>) -> Message {
-    let bytes = if batch.len() == 1 {
-        batch.pop().unwrap_or_default()
+/// Sends `batch` as `\n`-separated text messages of at most [`MAX_BATCH_BYTES`] each (or one
+/// frame, if a frame is larger); empties `batch`.
+async fn send_frames(socket: &mut WebSocket, batch: &mut Vec<Bytes>) -> Result<(), axum::Error> {
+    while !batch.is_empty() {
+        socket.send(next_message(batch)).await?;
+    }
+    // A burst grew it to hundreds of slots; an idle connection should not keep them.
+    batch.shrink_to(8);
+    Ok(())
+}
+
+/// Takes frames from the front of `batch` into one message.
+fn next_message(batch: &mut Vec<Bytes>) -> Message {
+    let mut len = batch[0].len();
+    let count = 1 + batch[1..]
+        .iter()
+        .take_while(|frame| {
+            len += frame.len() + 1;
+            len <= MAX_BATCH_BYTES
+        })
+        .count();
+    let bytes = if count == 1 {
+        batch.remove(0)
     } else {
-        let len = batch.iter().map(|f| f.len() + 1).sum();
-        let mut joined = Vec::with_capacity(len);
-        for (i, frame) in batch.drain(..).enumerate() {
+        let mut joined = Vec::with_capacity(batch[..count].iter().map(|f| f.len() + 1).sum());
+        for (i, frame) in batch.drain(..count).enumerate() {
             if i > 0 {
                 joined.push(b'\n');
             }
@@ -254,20 +276,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batches_are_newline_separated() {
+    fn batches_are_newline_separated_and_bounded() {
+        let text = |m: Message| match m {
+            Message::Text(t) => t.as_str().to_owned(),
+            other => panic!("text expected, got {other:?}"),
+        };
         let mut batch = vec![
             Bytes::from_static(b"{\"a\":1}"),
             Bytes::from_static(b"{\"b\":2}"),
         ];
-        let Message::Text(text) = batch_message(&mut batch) else {
-            panic!("text")
-        };
-        assert_eq!(text.as_str(), "{\"a\":1}\n{\"b\":2}");
+        assert_eq!(text(next_message(&mut batch)), "{\"a\":1}\n{\"b\":2}");
         assert!(batch.is_empty());
-        let mut one = vec![Bytes::from_static(b"{}")];
-        let Message::Text(text) = batch_message(&mut one) else {
-            panic!("text")
-        };
-        assert_eq!(text.as_str(), "{}");
+
+        let big = Bytes::from(format!("\"{}\"", "x".repeat(MAX_BATCH_BYTES / 2)));
+        let mut batch = vec![
+            big.clone(),
+            big.clone(),
+            big.clone(),
+            Bytes::from_static(b"{}"),
+        ];
+        assert_eq!(
+            text(next_message(&mut batch)).len(),
+            big.len(),
+            "a second half-size frame would overflow"
+        );
+        assert_eq!(text(next_message(&mut batch)).len(), big.len());
+        assert_eq!(text(next_message(&mut batch)).len(), big.len() + 3);
+        assert!(batch.is_empty());
     }
 }
