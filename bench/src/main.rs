@@ -1,0 +1,477 @@
+//! herald-bench: load and comparison harness for Herald (and a Socket.IO v4 peer).
+//!
+//! Every scenario starts its own server on a free loopback port, drives real WebSocket clients
+//! spread over many 127.x.y.z source addresses, publishes through the HTTP API, and reports
+//! throughput, latency, memory, CPU and delivery correctness. Every run is bounded in count and
+//! time and stops by itself.
+
+mod client;
+mod net;
+mod plot;
+mod publish;
+mod report;
+mod scenario;
+mod server;
+mod stats;
+mod sys;
+mod token;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use client::Kind;
+use scenario::deliver::{DeliverPlan, Shape};
+use scenario::{Common, Ctx, RunResult};
+use server::ServerOpts;
+
+#[derive(Parser, Debug)]
+#[command(name = "herald-bench", version, about)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Global {
+    /// Server(s) to measure; `both` alternates Herald and Socket.IO and prints ratios.
+    #[arg(long, value_enum, default_value_t = Target::Herald, global = true)]
+    target: Target,
+    /// Runs of each scenario per target (alternating targets).
+    #[arg(long, default_value_t = 1, global = true)]
+    rounds: usize,
+    /// Results folder (default: bench-results/<timestamp>, or bench-results/tmp/… in short mode).
+    #[arg(long, global = true)]
+    out: Option<PathBuf>,
+    /// Herald binary (default: target/release/herald in the repository).
+    #[arg(long, global = true)]
+    herald_bin: Option<PathBuf>,
+    /// Extra argument for Herald (repeatable), e.g. --herald-arg=--allow-anonymous.
+    #[arg(long = "herald-arg", global = true, allow_hyphen_values = true)]
+    herald_args: Vec<String>,
+    /// The Socket.IO peer's folder (default: benches/peers/socketio in the repository).
+    #[arg(long, global = true)]
+    peer_dir: Option<PathBuf>,
+    #[arg(long, default_value = "node", global = true)]
+    node: String,
+    /// Tokio worker threads of the load generator.
+    #[arg(long, default_value_t = 2, global = true)]
+    threads: usize,
+    /// WebSocket read buffer per client, bytes.
+    #[arg(long, default_value_t = 8192, global = true)]
+    read_buffer: usize,
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 256, global = true)]
+    connect_concurrency: usize,
+    /// Longest wait for any phase (connecting, deliveries), seconds.
+    #[arg(long, default_value_t = 60, global = true)]
+    wait_s: u64,
+    /// Skip the SVG plots.
+    #[arg(long, global = true)]
+    no_plots: bool,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Herald,
+    Socketio,
+    Both,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Flow {
+    /// Envelopes per publish request (1 = a single envelope, more = a batch array).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Concurrent publish requests.
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// Deliveries outstanding before the publisher waits (closed-loop load).
+    #[arg(long, default_value_t = 200_000)]
+    max_inflight: u64,
+    /// Padding bytes per payload.
+    #[arg(long, default_value_t = 0)]
+    payload: usize,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// One channel, N subscribers, events as fast as they are delivered.
+    Fanout {
+        /// Subscriber counts, comma-separated (one run each).
+        #[arg(long, value_delimiter = ',', default_value = "1000")]
+        subscribers: Vec<usize>,
+        /// Events per run (default: about 2M deliveries, 200..5000 events).
+        #[arg(long)]
+        events: Option<u64>,
+        #[command(flatten)]
+        flow: Flow,
+    },
+    /// N subscribers on one channel, a fixed event rate: latency under steady load.
+    Steady {
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10.0)]
+        duration_s: f64,
+    },
+    /// N subscribers each on its own channel, M events spread over the channels.
+    Channels {
+        #[arg(long, default_value_t = 5000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 20000)]
+        events: u64,
+        #[command(flatten)]
+        flow: Flow,
+    },
+    /// Events addressed to users (`users: [...]`).
+    Users {
+        #[arg(long, default_value_t = 5000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 20000)]
+        events: u64,
+        #[command(flatten)]
+        flow: Flow,
+    },
+    /// Events to everyone (`broadcast: true`).
+    Broadcast {
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 1000)]
+        events: u64,
+        #[command(flatten)]
+        flow: Flow,
+    },
+    /// Server RSS per idle identified connection.
+    Idle {
+        #[arg(long, value_delimiter = ',', default_value = "10000")]
+        connections: Vec<usize>,
+        #[arg(long, default_value_t = 2.0)]
+        settle_s: f64,
+    },
+    /// Connections + ident per second.
+    Connect {
+        #[arg(long, default_value_t = 10000)]
+        connections: usize,
+    },
+    /// Clients drop, miss events, reconnect resuming from their offset.
+    Recover {
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        #[arg(long, default_value_t = 100)]
+        missed: u64,
+        #[arg(long, default_value_t = 10)]
+        warmup: u64,
+    },
+    /// Every scenario with small N for a few seconds: correctness only (CI). Exits non-zero
+    /// on any lost, duplicated or out-of-order event.
+    Short,
+    /// Every scenario at full size.
+    All,
+}
+
+enum Job {
+    Deliver(DeliverPlan),
+    Idle(usize, Duration),
+    Connect(usize),
+    Recover {
+        clients: usize,
+        warmup: u64,
+        missed: u64,
+    },
+}
+
+fn fanout_plan(subscribers: usize, events: Option<u64>, f: &Flow) -> DeliverPlan {
+    DeliverPlan {
+        scenario: "fanout",
+        shape: Shape::Fanout,
+        subscribers,
+        events: events.unwrap_or_else(|| (2_000_000 / subscribers.max(1) as u64).clamp(200, 5000)),
+        rate: None,
+        batch: f.batch,
+        publishers: f.publishers,
+        max_inflight: f.max_inflight,
+        payload: f.payload,
+    }
+}
+
+fn plan(
+    scenario: &'static str,
+    shape: Shape,
+    subscribers: usize,
+    events: u64,
+    f: &Flow,
+) -> DeliverPlan {
+    DeliverPlan {
+        scenario,
+        shape,
+        subscribers,
+        events,
+        rate: None,
+        batch: f.batch,
+        publishers: f.publishers,
+        max_inflight: f.max_inflight,
+        payload: f.payload,
+    }
+}
+
+fn steady_plan(subscribers: usize, rate: f64, duration_s: f64) -> DeliverPlan {
+    DeliverPlan {
+        scenario: "steady",
+        shape: Shape::Fanout,
+        subscribers,
+        events: (rate * duration_s).ceil().max(1.0) as u64,
+        rate: Some(rate),
+        batch: 1,
+        publishers: 1,
+        max_inflight: u64::MAX / 4,
+        payload: 0,
+    }
+}
+
+fn flow(batch: usize) -> Flow {
+    Flow {
+        batch,
+        publishers: 4,
+        max_inflight: 200_000,
+        payload: 0,
+    }
+}
+
+fn jobs(cmd: &Cmd) -> Vec<Job> {
+    match cmd {
+        Cmd::Fanout {
+            subscribers,
+            events,
+            flow,
+        } => subscribers
+            .iter()
+            .map(|&n| Job::Deliver(fanout_plan(n, *events, flow)))
+            .collect(),
+        Cmd::Steady {
+            subscribers,
+            rate,
+            duration_s,
+        } => {
+            vec![Job::Deliver(steady_plan(*subscribers, *rate, *duration_s))]
+        }
+        Cmd::Channels {
+            subscribers,
+            events,
+            flow,
+        } => {
+            vec![Job::Deliver(plan(
+                "channels",
+                Shape::Channels,
+                *subscribers,
+                *events,
+                flow,
+            ))]
+        }
+        Cmd::Users {
+            subscribers,
+            events,
+            flow,
+        } => {
+            vec![Job::Deliver(plan(
+                "users",
+                Shape::Users,
+                *subscribers,
+                *events,
+                flow,
+            ))]
+        }
+        Cmd::Broadcast {
+            subscribers,
+            events,
+            flow,
+        } => {
+            vec![Job::Deliver(plan(
+                "broadcast",
+                Shape::Broadcast,
+                *subscribers,
+                *events,
+                flow,
+            ))]
+        }
+        Cmd::Idle {
+            connections,
+            settle_s,
+        } => connections
+            .iter()
+            .map(|&n| Job::Idle(n, Duration::from_secs_f64(*settle_s)))
+            .collect(),
+        Cmd::Connect { connections } => vec![Job::Connect(*connections)],
+        Cmd::Recover {
+            clients,
+            missed,
+            warmup,
+        } => vec![Job::Recover {
+            clients: *clients,
+            warmup: *warmup,
+            missed: *missed,
+        }],
+        Cmd::Short => vec![
+            Job::Deliver(fanout_plan(200, Some(300), &flow(1))),
+            Job::Deliver(steady_plan(100, 50.0, 2.0)),
+            Job::Deliver(plan("channels", Shape::Channels, 300, 1500, &flow(50))),
+            Job::Deliver(plan("users", Shape::Users, 300, 1500, &flow(50))),
+            Job::Deliver(plan("broadcast", Shape::Broadcast, 100, 200, &flow(1))),
+            Job::Idle(500, Duration::from_millis(500)),
+            Job::Connect(500),
+            Job::Recover {
+                clients: 100,
+                warmup: 5,
+                missed: 100,
+            },
+        ],
+        Cmd::All => vec![
+            Job::Deliver(fanout_plan(1000, Some(2000), &flow(1))),
+            Job::Deliver(fanout_plan(10000, Some(300), &flow(1))),
+            Job::Deliver(steady_plan(1000, 50.0, 10.0)),
+            Job::Deliver(plan("channels", Shape::Channels, 5000, 20000, &flow(100))),
+            Job::Deliver(plan("users", Shape::Users, 5000, 20000, &flow(100))),
+            Job::Deliver(plan("broadcast", Shape::Broadcast, 1000, 1000, &flow(1))),
+            Job::Idle(10000, Duration::from_secs(2)),
+            Job::Idle(50000, Duration::from_secs(2)),
+            Job::Connect(10000),
+            Job::Recover {
+                clients: 1000,
+                warmup: 10,
+                missed: 100,
+            },
+        ],
+    }
+}
+
+async fn run_job(ctx: &Ctx, job: &Job) -> RunResult {
+    match job {
+        Job::Deliver(p) => scenario::deliver::run(ctx, p.clone()).await,
+        Job::Idle(n, settle) => scenario::idle::idle(ctx, *n, *settle).await,
+        Job::Connect(n) => scenario::idle::connect(ctx, *n).await,
+        Job::Recover {
+            clients,
+            warmup,
+            missed,
+        } => scenario::recover::run(ctx, *clients, *warmup, *missed).await,
+    }
+}
+
+fn repo_root() -> PathBuf {
+    // The bench crate lives in <repo>/bench.
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(PathBuf::from).unwrap_or(here)
+}
+
+fn node_version(node: &str) -> String {
+    std::process::Command::new(node)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "not found".into())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let g = cli.global.clone();
+    let nofile = sys::raise_nofile();
+    let root = repo_root();
+    let short = matches!(cli.cmd, Cmd::Short);
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace(':', "-");
+    let out = g.out.clone().unwrap_or_else(|| {
+        if short {
+            root.join("bench-results/tmp")
+                .join(format!("short-{stamp}"))
+        } else {
+            root.join("bench-results").join(&stamp)
+        }
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let kinds = match g.target {
+        Target::Herald => vec![Kind::Herald],
+        Target::Socketio => vec![Kind::SocketIo],
+        Target::Both => vec![Kind::Herald, Kind::SocketIo],
+    };
+    let servers = ServerOpts {
+        herald_bin: g
+            .herald_bin
+            .clone()
+            .unwrap_or_else(|| root.join("target/release/herald")),
+        peer_dir: g
+            .peer_dir
+            .clone()
+            .unwrap_or_else(|| root.join("benches/peers/socketio")),
+        node: g.node.clone(),
+        log_dir: out.join("logs"),
+        herald_args: g.herald_args.clone(),
+    };
+    let common = Common {
+        read_buffer: g.read_buffer,
+        connect_concurrency: g.connect_concurrency,
+        wait: Duration::from_secs(g.wait_s),
+        nofile,
+    };
+    let meta = report::Meta {
+        date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        machine: sys::machine(nofile),
+        commit: sys::git_commit(&root),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        node: node_version(&g.node),
+    };
+    eprintln!(
+        "herald-bench: results in {} (NOFILE {nofile}, {} worker threads)",
+        out.display(),
+        g.threads
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(g.threads.max(1))
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let jobs = jobs(&cli.cmd);
+    let results = rt.block_on(async {
+        let mut results = Vec::new();
+        for job in &jobs {
+            for _ in 0..g.rounds.max(1) {
+                for &kind in &kinds {
+                    let ctx = Ctx {
+                        kind,
+                        servers: servers.clone(),
+                        common: common.clone(),
+                    };
+                    results.push(run_job(&ctx, job).await);
+                    // Partial results survive an interrupted long run.
+                    let _ = report::write(&out, &meta, &results);
+                }
+            }
+        }
+        results
+    });
+    let md = report::write(&out, &meta, &results).context("writing the report")?;
+    if !g.no_plots {
+        match plot::all(&out, &results) {
+            Ok(files) => eprintln!("{} plots written", files.len()),
+            Err(e) => eprintln!("plots failed: {e}"),
+        }
+    }
+    println!("{md}");
+    eprintln!("report: {}", out.join("report.md").display());
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| format!("{}/{}", r.label, r.target))
+        .collect();
+    if !failed.is_empty() {
+        eprintln!("FAILED: {}", failed.join(", "));
+        std::process::exit(1);
+    }
+    Ok(())
+}

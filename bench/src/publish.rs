@@ -1,0 +1,236 @@
+//! Publishing through the server's HTTP API, single envelopes or batches, and recording the
+//! offsets the server assigned (the ground truth for loss accounting).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::client::Kind;
+use crate::stats::Published;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("publish answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("publish response: {0}")]
+    Body(String),
+}
+
+/// Who an event goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum To {
+    Channel(String),
+    User(String),
+    Broadcast,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    event: &'a str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    channels: &'a [&'a str],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    users: &'a [&'a str],
+    broadcast: bool,
+    data: Data<'a>,
+}
+
+/// The payload subscribers read: `t` = publish time (µs since epoch), `n` = the harness's own
+/// event number, `pad` to reach the wanted payload size.
+#[derive(Serialize)]
+struct Data<'a> {
+    t: u64,
+    n: u64,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pad: &'a str,
+}
+
+#[derive(Debug, Deserialize)]
+struct PubResult {
+    #[serde(default)]
+    offsets: HashMap<String, u64>,
+}
+
+/// Builds the JSON body for `targets` (one envelope each; an array when `batch`).
+pub fn body(targets: &[(To, u64)], pad: &str, t_us: u64, batch: bool) -> String {
+    let mut envs = Vec::with_capacity(targets.len());
+    let mut scratch: Vec<[&str; 1]> = Vec::with_capacity(targets.len());
+    for (to, _) in targets {
+        scratch.push([match to {
+            To::Channel(c) | To::User(c) => c.as_str(),
+            To::Broadcast => "",
+        }]);
+    }
+    for ((to, n), one) in targets.iter().zip(scratch.iter()) {
+        let (channels, users, broadcast): (&[&str], &[&str], bool) = match to {
+            To::Channel(_) => (one, &[], false),
+            To::User(_) => (&[], one, false),
+            To::Broadcast => (&[], &[], true),
+        };
+        envs.push(Envelope {
+            event: "e",
+            channels,
+            users,
+            broadcast,
+            data: Data {
+                t: t_us,
+                n: *n,
+                pad,
+            },
+        });
+    }
+    let out = if batch || envs.len() != 1 {
+        serde_json::to_string(&envs)
+    } else {
+        serde_json::to_string(&envs[0])
+    };
+    out.unwrap_or_default()
+}
+
+/// Reads offsets out of a publish response (one result or an array of them).
+pub fn record_offsets(text: &str, into: &mut Published) -> Result<usize, PublishError> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| PublishError::Body(format!("{e}: {text}")))?;
+    let results: Vec<PubResult> = match v {
+        serde_json::Value::Array(_) => serde_json::from_value(v),
+        _ => serde_json::from_value(v).map(|r| vec![r]),
+    }
+    .map_err(|e| PublishError::Body(format!("{e}: {text}")))?;
+    for r in &results {
+        for (c, &off) in &r.offsets {
+            into.add(c, off);
+        }
+    }
+    Ok(results.len())
+}
+
+#[derive(Clone)]
+pub struct Publisher {
+    http: reqwest::Client,
+    url: String,
+    info_url: String,
+    auth: Option<String>,
+}
+
+impl Publisher {
+    pub fn new(
+        kind: Kind,
+        addr: std::net::SocketAddr,
+        api_key: &str,
+    ) -> Result<Self, PublishError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .build()?;
+        let (url, info_url, auth) = match kind {
+            Kind::Herald => (
+                format!("http://{addr}/api/publish"),
+                format!("http://{addr}/api/info"),
+                Some(format!("Bearer {api_key}")),
+            ),
+            Kind::SocketIo => (
+                format!("http://{addr}/publish"),
+                format!("http://{addr}/info"),
+                None,
+            ),
+        };
+        Ok(Publisher {
+            http,
+            url,
+            info_url,
+            auth,
+        })
+    }
+
+    /// The server's info document (Herald's `/api/info`, the peer's `/info`).
+    pub async fn info(&self) -> Result<serde_json::Value, PublishError> {
+        let mut req = self.http.get(&self.info_url);
+        if let Some(a) = &self.auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        if status != 200 {
+            return Err(PublishError::Status { status, body: text });
+        }
+        serde_json::from_str(&text).map_err(|e| PublishError::Body(format!("{e}: {text}")))
+    }
+
+    /// Publishes one request (stamped now) and records the assigned offsets.
+    pub async fn publish(
+        &self,
+        targets: &[(To, u64)],
+        pad: &str,
+        batch: bool,
+        into: &mut Published,
+    ) -> Result<usize, PublishError> {
+        let b = body(targets, pad, crate::sys::now_us(), batch);
+        let mut req = self
+            .http
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .body(b);
+        if let Some(a) = &self.auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        if status != 200 {
+            return Err(PublishError::Status { status, body: text });
+        }
+        record_offsets(&text, into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_and_batch_bodies() {
+        let one = body(&[(To::Channel("bench".into()), 7)], "", 123, false);
+        let v: serde_json::Value = serde_json::from_str(&one).unwrap();
+        assert_eq!(v["event"], "e");
+        assert_eq!(v["channels"], serde_json::json!(["bench"]));
+        assert!(v.get("users").is_none());
+        assert_eq!(v["broadcast"], false);
+        assert_eq!(v["data"], serde_json::json!({"t":123,"n":7}));
+
+        let many = body(
+            &[(To::User("u1".into()), 1), (To::Broadcast, 2)],
+            "xx",
+            5,
+            true,
+        );
+        let v: serde_json::Value = serde_json::from_str(&many).unwrap();
+        assert_eq!(v[0]["users"], serde_json::json!(["u1"]));
+        assert_eq!(v[1]["broadcast"], true);
+        assert_eq!(v[1]["data"]["pad"], "xx");
+    }
+
+    #[test]
+    fn offsets_from_responses() {
+        let mut p = Published::default();
+        assert_eq!(
+            record_offsets(r#"{"id":"x","offsets":{"bench":3}}"#, &mut p).unwrap(),
+            1
+        );
+        assert_eq!(
+            record_offsets(
+                r#"[{"id":"a","offsets":{"bench":4}},{"id":"b","offsets":{"@u1":1}}]"#,
+                &mut p
+            )
+            .unwrap(),
+            2
+        );
+        assert_eq!(p.ranges["bench"], (3, 4, 2));
+        assert_eq!(p.ranges["@u1"], (1, 1, 1));
+        assert!(record_offsets("oops", &mut p).is_err());
+    }
+}

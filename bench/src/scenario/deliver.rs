@@ -1,0 +1,374 @@
+//! Delivery scenarios: subscribers connect and join, the publisher posts events through the
+//! HTTP API, and every subscriber checks what it got. `fanout`, `steady`, `channels`, `users`
+//! and `broadcast` differ only in who subscribes to what and where events go.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::swarm::{SubSpec, Swarm};
+use super::{with_server, Better, CpuWindow, Ctx, RunResult};
+use crate::publish::{Publisher, To};
+use crate::stats::{Accounting, Percentiles, Published};
+use crate::sys::now_us;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Everyone on one channel `bench`.
+    Fanout,
+    /// Subscriber i alone on channel `ch{i}`; event n goes to `ch{n % N}`.
+    Channels,
+    /// Subscriber i is user `u{i}`; event n goes to user `u{n % N}`.
+    Users,
+    /// Every event to everyone (`broadcast: true`).
+    Broadcast,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliverPlan {
+    pub scenario: &'static str,
+    pub shape: Shape,
+    pub subscribers: usize,
+    pub events: u64,
+    /// Events per second; None = as fast as the in-flight window allows.
+    pub rate: Option<f64>,
+    pub batch: usize,
+    pub publishers: usize,
+    /// Deliveries published but not yet received before the publisher waits.
+    pub max_inflight: u64,
+    /// Padding bytes added to each payload.
+    pub payload: usize,
+}
+
+impl DeliverPlan {
+    fn spec(&self, i: usize) -> SubSpec {
+        let user = format!("u{i}");
+        let (join, track) = match self.shape {
+            Shape::Fanout => (vec!["bench".to_string()], vec!["bench".to_string()]),
+            Shape::Channels => (vec![format!("ch{i}")], vec![format!("ch{i}")]),
+            Shape::Users => (vec![], vec![format!("@{user}")]),
+            Shape::Broadcast => (vec![], vec!["*".to_string()]),
+        };
+        SubSpec { user, join, track }
+    }
+
+    fn target(&self, n: u64) -> To {
+        let i = n % self.subscribers.max(1) as u64;
+        match self.shape {
+            Shape::Fanout => To::Channel("bench".into()),
+            Shape::Channels => To::Channel(format!("ch{i}")),
+            Shape::Users => To::User(format!("u{i}")),
+            Shape::Broadcast => To::Broadcast,
+        }
+    }
+
+    /// Deliveries each event owes.
+    fn factor(&self) -> u64 {
+        match self.shape {
+            Shape::Fanout | Shape::Broadcast => self.subscribers as u64,
+            Shape::Channels | Shape::Users => 1,
+        }
+    }
+}
+
+pub async fn run(ctx: &Ctx, mut plan: DeliverPlan) -> RunResult {
+    let label = format!("{}-{}", plan.scenario, plan.subscribers);
+    let mut notes = Vec::new();
+    if plan.subscribers > ctx.max_connections() {
+        notes.push(format!(
+            "subscribers clamped from {} to {} by RLIMIT_NOFILE {}",
+            plan.subscribers,
+            ctx.max_connections(),
+            ctx.common.nofile
+        ));
+        plan.subscribers = ctx.max_connections();
+    }
+    let params = json!({
+        "subscribers": plan.subscribers, "events": plan.events, "rate": plan.rate,
+        "batch": plan.batch, "publishers": plan.publishers, "max_inflight": plan.max_inflight,
+        "payload_pad": plan.payload,
+    });
+    let mut base = RunResult::new(plan.scenario, label.clone(), ctx.kind, params);
+    for n in notes {
+        base.note(n);
+    }
+    eprintln!(
+        "[{}] {label}: {} subscribers, {} events",
+        ctx.kind, plan.subscribers, plan.events
+    );
+    with_server(ctx, &label, false, base, |server, mut r| async move {
+        let rss0 = server.rss_kib().unwrap_or(0);
+        let ep = ctx.endpoint(&server);
+        let specs: Vec<SubSpec> = (0..plan.subscribers).map(|i| plan.spec(i)).collect();
+        let swarm = Swarm::spawn(&ep, specs, ctx.common.connect_concurrency);
+        let ready = swarm.wait_ready(ctx.common.wait).await;
+        r.fig(
+            "connect_per_s",
+            ready.ready as f64 / ready.elapsed.as_secs_f64().max(1e-9),
+            "conn/s",
+            Better::Higher,
+        );
+        if ready.failed > 0 || ready.ready < swarm.len() {
+            r.ok = false;
+            r.note(format!(
+                "{} of {} subscribers connected; first error: {}",
+                ready.ready,
+                swarm.len(),
+                ready.first_error.unwrap_or_default()
+            ));
+        }
+        // Let the server settle the joins before measuring idle memory.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let rss_idle = server.rss_kib().unwrap_or(0);
+        let conns = ready.ready.max(1) as f64;
+
+        let publisher = match Publisher::new(ctx.kind, server.addr, &server.api_key) {
+            Ok(p) => p,
+            Err(e) => {
+                r.ok = false;
+                r.note(format!("publisher: {e}"));
+                swarm.finish().await;
+                return (server, r);
+            }
+        };
+        let cpu = CpuWindow::start(&server);
+        let t0 = now_us();
+        let started = Instant::now();
+        let plan = Arc::new(plan);
+        let (published, errors, first_err) =
+            publish_all(&plan, &publisher, &swarm, ctx.common.wait).await;
+        let publish_s = started.elapsed().as_secs_f64();
+
+        // Wait for the last delivery: until all arrived, or nothing moved for a while.
+        // One offset per event and target channel; if the server reported none, fall back on
+        // the plan (the accounting then shows everything as lost or unexpected).
+        let published_events: u64 = published.ranges.values().map(|r| r.2).sum();
+        if published_events == 0 {
+            r.note("publish responses carried no offsets");
+        } else if published_events < plan.events {
+            r.note(format!(
+                "publishing stopped at the time limit ({:?}) after {published_events} of {} events",
+                ctx.common.wait, plan.events
+            ));
+        }
+        let expected = if published_events > 0 {
+            published_events * plan.factor()
+        } else {
+            plan.events * plan.factor()
+        };
+        let stall = Duration::from_secs(5);
+        let deadline = Instant::now() + ctx.common.wait;
+        let (mut last_n, mut last_move) = (0u64, Instant::now());
+        loop {
+            let n = swarm.shared.delivered.load(Ordering::Relaxed);
+            if n >= expected || Instant::now() >= deadline {
+                break;
+            }
+            if n != last_n {
+                (last_n, last_move) = (n, Instant::now());
+            } else if last_move.elapsed() >= stall {
+                r.note(format!("deliveries stalled at {n} of {expected}"));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let t_last = swarm.shared.last_delivery_us.load(Ordering::Relaxed);
+        cpu.finish(&server, &mut r);
+        let rss_after = server.rss_kib().unwrap_or(0);
+        let disconnects = swarm.shared.disconnects.load(Ordering::Relaxed);
+        let hist = swarm.shared.latency.merged();
+        let shared = swarm.shared.clone();
+        let outcomes = swarm.finish().await;
+
+        let mut acc = Accounting::default();
+        for o in &outcomes {
+            acc.add(&o.tracker, &published, |c| o.owed_from(c));
+        }
+        let delivered = shared.delivered.load(Ordering::Relaxed);
+        let window_s = (t_last.saturating_sub(t0) as f64 / 1e6).max(1e-6);
+        r.fig(
+            "deliveries_per_s",
+            delivered as f64 / window_s,
+            "msg/s",
+            Better::Higher,
+        );
+        r.fig(
+            "publish_events_per_s",
+            plan.events as f64 / publish_s.max(1e-6),
+            "ev/s",
+            Better::Higher,
+        );
+        r.fig("delivered", delivered as f64, "msgs", Better::Info);
+        r.add_delivery(acc, Percentiles::of(&hist));
+        r.fig(
+            "server_rss_idle_mib",
+            rss_idle as f64 / 1024.0,
+            "MiB",
+            Better::Lower,
+        );
+        r.fig(
+            "server_rss_after_mib",
+            rss_after as f64 / 1024.0,
+            "MiB",
+            Better::Lower,
+        );
+        r.fig(
+            "rss_per_conn_kib",
+            rss_idle.saturating_sub(rss0) as f64 / conns,
+            "KiB",
+            Better::Lower,
+        );
+        if errors > 0 {
+            r.ok = false;
+            r.note(format!(
+                "{errors} publish requests failed; first: {}",
+                first_err.unwrap_or_default()
+            ));
+        }
+        if disconnects > 0 {
+            r.ok = false;
+            let mut codes: Vec<String> = outcomes
+                .iter()
+                .filter_map(|o| match &o.end {
+                    Some(crate::client::RunEnd::Stopped) | None => None,
+                    Some(e) => Some(format!("{e:?}")),
+                })
+                .take(3)
+                .collect();
+            codes.dedup();
+            r.note(format!(
+                "{disconnects} subscribers were disconnected during the run (e.g. {})",
+                codes.join(", ")
+            ));
+        }
+        eprintln!(
+            "  {delivered} deliveries, {:.0}/s, p99 {:.2} ms, lost {} dup {} ooo {}",
+            delivered as f64 / window_s,
+            r.latency.map(|l| l.p99_ms).unwrap_or(0.0),
+            acc.lost,
+            acc.duplicated,
+            acc.out_of_order
+        );
+        (server, r)
+    })
+    .await
+}
+
+/// Publishes every event of the plan; returns the offsets the server assigned, the number of
+/// failed requests and the first failure.
+async fn publish_all(
+    plan: &Arc<DeliverPlan>,
+    publisher: &Publisher,
+    swarm: &Swarm,
+    limit: Duration,
+) -> (Published, u64, Option<String>) {
+    let pad: Arc<str> = "x".repeat(plan.payload).into();
+    let deadline = Instant::now() + limit;
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(rate) = plan.rate {
+        // Fixed rate: one event per tick, each in its own request so a slow answer does not
+        // shift the schedule.
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
+        let sem = Arc::new(tokio::sync::Semaphore::new(64));
+        for n in 0..plan.events {
+            tick.tick().await;
+            if Instant::now() >= deadline {
+                break;
+            }
+            let Ok(permit) = sem.clone().acquire_owned().await else {
+                break;
+            };
+            let (p, plan, pad) = (publisher.clone(), plan.clone(), pad.clone());
+            tasks.spawn(async move {
+                let mut published = Published::default();
+                let res = p
+                    .publish(&[(plan.target(n), n)], &pad, false, &mut published)
+                    .await;
+                drop(permit);
+                (published, res.err().map(|e| e.to_string()))
+            });
+        }
+    } else {
+        let next = Arc::new(AtomicU64::new(0));
+        for _ in 0..plan.publishers.max(1) {
+            let (p, plan, pad, next) = (publisher.clone(), plan.clone(), pad.clone(), next.clone());
+            let shared = swarm.shared.clone();
+            tasks.spawn(async move {
+                let mut published = Published::default();
+                let mut first_err = None;
+                let batch = plan.batch.max(1) as u64;
+                loop {
+                    let start = next.fetch_add(batch, Ordering::Relaxed);
+                    if start >= plan.events || Instant::now() >= deadline {
+                        break;
+                    }
+                    let end = (start + batch).min(plan.events);
+                    // Closed loop: keep at most max_inflight deliveries outstanding, so the run
+                    // measures delivery, not how deep the server lets queues grow.
+                    while start * plan.factor()
+                        > shared.delivered.load(Ordering::Relaxed) + plan.max_inflight
+                        && Instant::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_micros(500)).await;
+                    }
+                    let targets: Vec<(To, u64)> =
+                        (start..end).map(|n| (plan.target(n), n)).collect();
+                    if let Err(e) = p
+                        .publish(&targets, &pad, plan.batch > 1, &mut published)
+                        .await
+                    {
+                        first_err.get_or_insert(e.to_string());
+                    }
+                }
+                (published, first_err)
+            });
+        }
+    }
+    let mut all = Published::default();
+    let (mut errors, mut first) = (0u64, None);
+    while let Some(res) = tasks.join_next().await {
+        if let Ok((p, err)) = res {
+            all.merge(&p);
+            if let Some(e) = err {
+                errors += 1;
+                first.get_or_insert(e);
+            }
+        }
+    }
+    (all, errors, first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(shape: Shape) -> DeliverPlan {
+        DeliverPlan {
+            scenario: "t",
+            shape,
+            subscribers: 4,
+            events: 10,
+            rate: None,
+            batch: 1,
+            publishers: 1,
+            max_inflight: 100,
+            payload: 0,
+        }
+    }
+
+    #[test]
+    fn shapes_route_events() {
+        let p = plan(Shape::Channels);
+        assert_eq!(p.spec(2).track, vec!["ch2"]);
+        assert_eq!(p.target(6), To::Channel("ch2".into()));
+        assert_eq!(p.factor(), 1);
+        let u = plan(Shape::Users);
+        assert_eq!(u.spec(3).track, vec!["@u3"]);
+        assert!(u.spec(3).join.is_empty());
+        assert_eq!(u.target(7), To::User("u3".into()));
+        assert_eq!(plan(Shape::Broadcast).factor(), 4);
+        assert_eq!(plan(Shape::Fanout).target(9), To::Channel("bench".into()));
+    }
+}

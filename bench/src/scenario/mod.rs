@@ -1,0 +1,203 @@
+//! Scenarios: each starts a fresh server, drives clients, and returns one [`RunResult`].
+
+pub mod deliver;
+pub mod idle;
+pub mod recover;
+pub mod swarm;
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::client::{Endpoint, Kind};
+use crate::server::{Server, ServerOpts};
+use crate::stats::{Accounting, Percentiles};
+
+/// Settings every scenario shares.
+#[derive(Debug, Clone)]
+pub struct Common {
+    pub read_buffer: usize,
+    pub connect_concurrency: usize,
+    /// How long to wait for anything (connecting all clients, the last delivery) before
+    /// giving up and reporting what is missing.
+    pub wait: Duration,
+    pub nofile: u64,
+}
+
+pub struct Ctx {
+    pub kind: Kind,
+    pub servers: ServerOpts,
+    pub common: Common,
+}
+
+impl Ctx {
+    pub fn endpoint(&self, server: &Server) -> Endpoint {
+        Endpoint {
+            kind: self.kind,
+            addr: server.addr,
+            jwt_secret: server.jwt_secret.clone(),
+            read_buffer: self.common.read_buffer,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Connections one process can hold here: the NOFILE limit minus headroom for the
+    /// runtime, the HTTP publisher and the server's own files.
+    pub fn max_connections(&self) -> usize {
+        self.common.nofile.saturating_sub(256) as usize
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Better {
+    Higher,
+    Lower,
+    /// Context (counts, sizes): no ratio direction.
+    Info,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    pub key: String,
+    pub value: f64,
+    pub unit: String,
+    pub better: Better,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub scenario: String,
+    /// Scenario plus its size, e.g. `fanout-10000`: what runs are compared by.
+    pub label: String,
+    pub target: Kind,
+    pub params: serde_json::Value,
+    pub figures: Vec<Figure>,
+    pub accounting: Option<Accounting>,
+    pub latency: Option<Percentiles>,
+    /// Correct: nothing lost, duplicated, out of order; every client connected.
+    pub ok: bool,
+    pub notes: Vec<String>,
+    pub wall_s: f64,
+}
+
+impl RunResult {
+    pub fn new(scenario: &str, label: String, target: Kind, params: serde_json::Value) -> Self {
+        RunResult {
+            scenario: scenario.to_string(),
+            label,
+            target,
+            params,
+            figures: Vec::new(),
+            accounting: None,
+            latency: None,
+            ok: true,
+            notes: Vec::new(),
+            wall_s: 0.0,
+        }
+    }
+
+    pub fn fig(&mut self, key: &str, value: f64, unit: &str, better: Better) {
+        self.figures.push(Figure {
+            key: key.to_string(),
+            value,
+            unit: unit.to_string(),
+            better,
+        });
+    }
+
+    pub fn get(&self, key: &str) -> Option<f64> {
+        self.figures.iter().find(|f| f.key == key).map(|f| f.value)
+    }
+
+    pub fn note(&mut self, n: impl Into<String>) {
+        let n = n.into();
+        eprintln!("  note: {n}");
+        self.notes.push(n);
+    }
+
+    /// Adds the latency and correctness figures every delivery scenario reports.
+    pub fn add_delivery(&mut self, acc: Accounting, lat: Percentiles) {
+        self.fig("p50_ms", lat.p50_ms, "ms", Better::Lower);
+        self.fig("p99_ms", lat.p99_ms, "ms", Better::Lower);
+        self.fig("p999_ms", lat.p999_ms, "ms", Better::Lower);
+        self.fig("max_ms", lat.max_ms, "ms", Better::Lower);
+        self.fig("lost", acc.lost as f64, "events", Better::Lower);
+        self.fig("duplicated", acc.duplicated as f64, "events", Better::Lower);
+        self.fig(
+            "out_of_order",
+            acc.out_of_order as f64,
+            "events",
+            Better::Lower,
+        );
+        if !acc.is_clean() || acc.delivered == 0 {
+            self.ok = false;
+        }
+        self.accounting = Some(acc);
+        self.latency = Some(lat);
+    }
+}
+
+/// CPU used by the server and by the harness over one measured window.
+pub struct CpuWindow {
+    start: Instant,
+    server0: Option<Duration>,
+    self0: Duration,
+}
+
+impl CpuWindow {
+    pub fn start(server: &Server) -> Self {
+        CpuWindow {
+            start: Instant::now(),
+            server0: server.cpu(),
+            self0: crate::sys::self_cpu(),
+        }
+    }
+
+    /// Adds `server_cpu_pct` and `harness_cpu_pct` (100% = one core busy) for the window.
+    pub fn finish(self, server: &Server, r: &mut RunResult) {
+        let wall = self.start.elapsed().as_secs_f64().max(1e-9);
+        if let (Some(a), Some(b)) = (self.server0, server.cpu()) {
+            let s = b.saturating_sub(a).as_secs_f64();
+            r.fig("server_cpu_s", s, "s", Better::Lower);
+            r.fig("server_cpu_pct", 100.0 * s / wall, "% core", Better::Info);
+        }
+        let h = crate::sys::self_cpu()
+            .saturating_sub(self.self0)
+            .as_secs_f64();
+        r.fig("harness_cpu_s", h, "s", Better::Info);
+        r.fig("harness_cpu_pct", 100.0 * h / wall, "% core", Better::Info);
+    }
+}
+
+/// Runs `f` against a freshly started server and always stops it afterwards.
+pub async fn with_server<F, Fut>(
+    ctx: &Ctx,
+    tag: &str,
+    recovery: bool,
+    mut base: RunResult,
+    f: F,
+) -> RunResult
+where
+    F: FnOnce(Server, RunResult) -> Fut,
+    Fut: std::future::Future<Output = (Server, RunResult)>,
+{
+    let start = Instant::now();
+    let server = match Server::start(ctx.kind, &ctx.servers, tag, recovery).await {
+        Ok(s) => s,
+        Err(e) => {
+            base.ok = false;
+            base.note(format!("server did not start: {e}"));
+            return base;
+        }
+    };
+    let (mut server, mut r) = f(server, base).await;
+    if !server.alive() {
+        r.ok = false;
+        let t = server.log_tail(10);
+        r.note(format!("server exited during the run; log tail: {t}"));
+    }
+    server.stop().await;
+    r.wall_s = start.elapsed().as_secs_f64();
+    r
+}
