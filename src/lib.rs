@@ -38,6 +38,11 @@ use crate::http::{AllowedOrigins, Readiness};
 use crate::hub::{Hub, HubConfig};
 use crate::metrics::Metrics;
 
+/// Pending connections the kernel queues before Herald accepts them. std's default (128)
+/// overflows when thousands of clients reconnect at once, and each dropped SYN costs the
+/// client a one-second retransmit; the kernel caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// How long the HTTP server may take to read a request's headers (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -59,6 +64,21 @@ pub struct GeneratedSecrets {
     pub api_key: Option<Secret>,
     /// The generated JWT secret, if one was generated.
     pub jwt_secret: Option<Secret>,
+}
+
+/// Binds the listening socket with a backlog sized for reconnect storms.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)?.into_std()
 }
 
 /// Fills in a random API key and JWT secret where the configuration has none.
@@ -215,13 +235,18 @@ impl Prepared {
         let handle = axum_server::Handle::new();
         let service = app.into_make_service();
         let server = axum_server::from_tcp(listener)?.handle(handle.clone());
+        // Events are small frames written as they happen: with Nagle's algorithm on, one
+        // waits for the ACK of the previous, which the client may delay by up to 40 ms.
+        let nodelay = axum_server::accept::NoDelayAcceptor::new();
         let server = match tls {
             Some(tls) => {
                 let rustls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
-                let server = server.acceptor(axum_server::tls_rustls::RustlsAcceptor::new(rustls));
+                let server = server.acceptor(
+                    axum_server::tls_rustls::RustlsAcceptor::new(rustls).acceptor(nodelay),
+                );
                 tokio::spawn(with_header_timeout(server).serve(service))
             }
-            None => tokio::spawn(with_header_timeout(server).serve(service)),
+            None => tokio::spawn(with_header_timeout(server.acceptor(nodelay)).serve(service)),
         };
         ready.set(true);
         let scheme = if config.tls.is_some() {

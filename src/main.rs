@@ -38,7 +38,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let listener = std::net::TcpListener::bind(config.listen)
+        let listener = herald::bind(config.listen)
             .map_err(|e| anyhow::anyhow!("listen: cannot bind {}: {e}", config.listen))?;
         let tls = config.tls.is_some();
         let herald = herald::prepare(config, listener)?;

@@ -122,10 +122,13 @@ async fn serve(
         tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
     let mut last_heard = Instant::now();
     let mut batch: Vec<Bytes> = Vec::new();
+    // Created once: a fresh future per loop turn would re-register with the signal each time.
+    let ended = outbox.disconnect.triggered();
+    tokio::pin!(ended);
     let end = loop {
         tokio::select! {
             biased;
-            disconnect = outbox.disconnect.triggered() => break End::Disconnect(disconnect.clone()),
+            disconnect = &mut ended => break End::Disconnect(disconnect.clone()),
             n = outbox.frames.recv_many(&mut batch, MAX_BATCH_FRAMES) => {
                 if n == 0 {
                     break End::Gone;
@@ -134,7 +137,7 @@ async fn serve(
                 // the core's 4102 must still get through to end it.
                 tokio::select! {
                     sent = send_frames(&mut socket, &mut batch) => if sent.is_err() { break End::Gone },
-                    disconnect = outbox.disconnect.triggered() => break End::Disconnect(disconnect.clone()),
+                    disconnect = &mut ended => break End::Disconnect(disconnect.clone()),
                 }
             }
             inbound = socket.recv() => match inbound {
