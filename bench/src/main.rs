@@ -90,7 +90,8 @@ struct Flow {
     /// Concurrent publish requests.
     #[arg(long, default_value_t = 4)]
     publishers: usize,
-    /// Deliveries outstanding before the publisher waits (closed-loop load).
+    /// Deliveries outstanding before the publisher waits (closed-loop load); fanout and
+    /// broadcast also cap it at 4 events' worth.
     #[arg(long, default_value_t = 200_000)]
     max_inflight: u64,
     /// Padding bytes per payload.
@@ -186,6 +187,17 @@ enum Job {
     },
 }
 
+/// Events a one-channel publisher (fanout, broadcast) keeps outstanding. Counted in events,
+/// not deliveries, so the window is the same at every size and latency measures the server:
+/// a fixed 200k deliveries would be 200 events deep at 1k subscribers and 20 at 10k, and the
+/// p99 would mostly be the harness's own queue.
+const INFLIGHT_EVENTS: u64 = 4;
+
+/// The closed-loop window, in deliveries, for a plan whose every event reaches every subscriber.
+fn one_channel_window(subscribers: usize, f: &Flow) -> u64 {
+    f.max_inflight.min(INFLIGHT_EVENTS * subscribers.max(1) as u64)
+}
+
 fn fanout_plan(subscribers: usize, events: Option<u64>, f: &Flow) -> DeliverPlan {
     DeliverPlan {
         scenario: "fanout",
@@ -195,7 +207,7 @@ fn fanout_plan(subscribers: usize, events: Option<u64>, f: &Flow) -> DeliverPlan
         rate: None,
         batch: f.batch,
         publishers: f.publishers,
-        max_inflight: f.max_inflight,
+        max_inflight: one_channel_window(subscribers, f),
         payload: f.payload,
     }
 }
@@ -215,7 +227,10 @@ fn plan(
         rate: None,
         batch: f.batch,
         publishers: f.publishers,
-        max_inflight: f.max_inflight,
+        max_inflight: match shape {
+            Shape::Broadcast => one_channel_window(subscribers, f),
+            _ => f.max_inflight,
+        },
         payload: f.payload,
     }
 }

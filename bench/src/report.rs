@@ -144,8 +144,9 @@ pub fn markdown(meta: &Meta, runs: &[RunResult]) -> String {
         s,
         "Load generator and server share the machine (CPU % of one core; 200 % = both). \
          Latency is publish (payload stamped just before the HTTP request) → subscriber receive; \
-         in `fanout`/`broadcast` the publisher keeps up to `max_inflight` deliveries outstanding \
-         (closed loop), so those latencies include that queue. \
+         in `fanout`/`broadcast` the publishers keep at most 4 events outstanding (closed loop: \
+         the next publish waits until all but 4 events' deliveries arrived), so those latencies \
+         are latency at saturation. \
          RSS/conn = (server RSS with all clients identified − RSS before) / clients.\n"
     );
     let _ = writeln!(
