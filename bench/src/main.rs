@@ -195,7 +195,8 @@ const INFLIGHT_EVENTS: u64 = 4;
 
 /// The closed-loop window, in deliveries, for a plan whose every event reaches every subscriber.
 fn one_channel_window(subscribers: usize, f: &Flow) -> u64 {
-    f.max_inflight.min(INFLIGHT_EVENTS * subscribers.max(1) as u64)
+    f.max_inflight
+        .min(INFLIGHT_EVENTS * subscribers.max(1) as u64)
 }
 
 fn fanout_plan(subscribers: usize, events: Option<u64>, f: &Flow) -> DeliverPlan {
