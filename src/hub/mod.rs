@@ -171,15 +171,18 @@ impl Hub {
     }
 
     /// Locks the named channels, creating missing ones; guards come back in the order of
-    /// `names`. Locks are taken in name order so concurrent callers cannot deadlock.
+    /// `names`. Locks are taken in name order so concurrent callers cannot deadlock, and only
+    /// after every lookup: the sweeper holds a map shard while it locks that shard's
+    /// channels, so looking up with a channel lock held could wait on it forever.
     fn lock_channels(&self, names: &[ChannelName]) -> Vec<ChannelGuard> {
         let mut order: Vec<usize> = (0..names.len()).collect();
         order.sort_by(|&a, &b| names[a].cmp(&names[b]));
         'retry: loop {
+            let arcs: Vec<Arc<Mutex<Channel>>> =
+                names.iter().map(|name| self.channel_arc(name)).collect();
             let mut guards: Vec<Option<ChannelGuard>> = (0..names.len()).map(|_| None).collect();
             for &i in &order {
-                let arc = self.channel_arc(&names[i]);
-                let guard = arc.lock_arc();
+                let guard = arcs[i].lock_arc();
                 if guard.removed {
                     continue 'retry;
                 }
@@ -459,3 +462,78 @@ impl Gateway for Hub {
 
 /// Offsets by channel name, as publish results report them.
 type Offsets = BTreeMap<String, u64>;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::thread;
+
+    use super::*;
+    use crate::pattern::Pattern;
+
+    fn hub() -> Hub {
+        let rule = Arc::new(ChannelRule {
+            pattern: Pattern::new("*"),
+            client_publish: false,
+            join_leave_notices: false,
+            history_size: 10,
+            history_ttl: Duration::from_secs(60),
+        });
+        let config = HubConfig {
+            node: Arc::from("t"),
+            auth: Auth::new("s"),
+            allow_anonymous: false,
+            auth_timeout: Duration::from_secs(10),
+            default_channels: Vec::new(),
+            rules: Vec::new(),
+            default_rule: rule,
+            client_queue: 16,
+            max_connections: 10,
+            max_channels_per_connection: 10,
+            dedup_window: Duration::from_secs(60),
+        };
+        Hub::new(config, Arc::new(Metrics::new()))
+    }
+
+    #[test]
+    fn sweeping_while_publishing_to_several_channels_does_not_deadlock() {
+        let hub = hub();
+        let stop = Arc::new(AtomicBool::new(false));
+        // Sweeping "later than every TTL" drops each channel as soon as it is idle, so
+        // publishers keep re-creating channels while the sweeper holds map shards.
+        let sweeper = {
+            let (hub, stop) = (hub.clone(), stop.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    hub.sweep(Instant::now() + Duration::from_secs(3600));
+                }
+            })
+        };
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        for t in 0..2 {
+            let (hub, done_tx) = (hub.clone(), done_tx.clone());
+            thread::spawn(move || {
+                for i in 0..20_000u32 {
+                    let json = format!(
+                        r#"{{"event":"e","channels":["a{}","b{}","c{}"]}}"#,
+                        i % 7,
+                        (i + t) % 11,
+                        i % 13
+                    );
+                    let published = hub
+                        .publish(Envelope::from_json(json.as_bytes()).unwrap())
+                        .unwrap();
+                    assert_eq!(published.offsets.len(), 3);
+                }
+                let _ = done_tx.send(());
+            });
+        }
+        for _ in 0..2 {
+            done_rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("publishers finished: no deadlock with the sweeper");
+        }
+        stop.store(true, Ordering::Relaxed);
+        sweeper.join().unwrap();
+    }
+}
