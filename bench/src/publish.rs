@@ -148,16 +148,7 @@ impl Publisher {
 
     /// The server's info document (Herald's `/api/info`, the peer's `/info`).
     pub async fn info(&self) -> Result<serde_json::Value, PublishError> {
-        let mut req = self.http.get(&self.info_url);
-        if let Some(a) = &self.auth {
-            req = req.header("authorization", a);
-        }
-        let resp = req.send().await?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await?;
-        if status != 200 {
-            return Err(PublishError::Status { status, body: text });
-        }
+        let text = self.send(self.http.get(&self.info_url)).await?;
         serde_json::from_str(&text).map_err(|e| PublishError::Body(format!("{e}: {text}")))
     }
 
@@ -170,11 +161,17 @@ impl Publisher {
         into: &mut Published,
     ) -> Result<usize, PublishError> {
         let b = body(targets, pad, crate::sys::now_us(), batch);
-        let mut req = self
+        let req = self
             .http
             .post(&self.url)
             .header("content-type", "application/json")
             .body(b);
+        let text = self.send(req).await?;
+        record_offsets(&text, into)
+    }
+
+    /// Sends a request with the server's credentials; the body of a 200, else an error.
+    async fn send(&self, mut req: reqwest::RequestBuilder) -> Result<String, PublishError> {
         if let Some(a) = &self.auth {
             req = req.header("authorization", a);
         }
@@ -184,7 +181,7 @@ impl Publisher {
         if status != 200 {
             return Err(PublishError::Status { status, body: text });
         }
-        record_offsets(&text, into)
+        Ok(text)
     }
 }
 
