@@ -1,18 +1,25 @@
-//! The fan-out path: one event published to a channel with 10,000 member connections, from
-//! the publish call until every member's outbound queue holds the frame. Reported per
-//! recipient (criterion's "elements" are deliveries).
+//! Micro-benchmarks of the hot path, each reported per operation:
+//! - `fanout`: one event published to a channel with 1,000 or 10,000 member connections,
+//!   until every member's outbound queue holds the frame (elements = deliveries);
+//! - `event`: serializing an event once (the shared prefix) and a frame from it (with `via`);
+//! - `batch`: joining queued frames into one WebSocket message (elements = frames);
+//! - `registry`: a connection joining and leaving a channel that has 10,000 members.
 //!
 //! Run with `cargo bench --bench fanout`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use herald::auth::Auth;
-use herald::hub::{ChannelRule, Hub, HubConfig};
+use herald::hub::{ChannelRule, EventBody, Hub, HubConfig};
 use herald::metrics::Metrics;
 use herald::pattern::Pattern;
-use herald_connector_api::{ClientSession, Envelope, Gateway, Outbox, PeerInfo, SessionHub};
+use herald_connector_api::{
+    ChannelName, ClientSession, Envelope, Gateway, Outbox, PeerInfo, SessionHub,
+};
+use serde_json::value::RawValue;
 
 const SECRET: &str = "bench-secret";
 
@@ -90,9 +97,70 @@ fn fan_out(c: &mut Criterion) {
     group.finish();
 }
 
+fn event_serialization(c: &mut Criterion) {
+    let data = RawValue::from_string(
+        r#"{"msg":"What is the airspeed velocity of an unladen swallow?","n":42}"#.into(),
+    )
+    .expect("json");
+    let chat = ChannelName::parse("chat").expect("name");
+    let alice = ChannelName::parse("@alice").expect("name");
+    let mut group = c.benchmark_group("event");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("serialize_once", |b| {
+        b.iter(|| EventBody::new("MESSAGE:NEW", &data, None))
+    });
+    let body = EventBody::new("MESSAGE:NEW", &data, None);
+    group.bench_function("frame_with_via", |b| {
+        b.iter(|| body.frame([(&chat, 42), (&alice, 7)]))
+    });
+    group.finish();
+}
+
+fn frame_batching(c: &mut Criterion) {
+    let data = RawValue::from_string(r#"{"msg":"hello","n":42}"#.into()).expect("json");
+    let chat = ChannelName::parse("chat").expect("name");
+    let frame = EventBody::new("MESSAGE:NEW", &data, None).frame([(&chat, 1)]);
+    let mut group = c.benchmark_group("batch");
+    for frames in [1usize, 64] {
+        group.throughput(Throughput::Elements(frames as u64));
+        group.bench_function(format!("{frames}_frames_into_messages"), |b| {
+            b.iter_batched(
+                || vec![frame.clone(); frames],
+                |mut batch: Vec<Bytes>| {
+                    while !batch.is_empty() {
+                        std::hint::black_box(herald_connector_ws::next_message(&mut batch));
+                    }
+                },
+                BatchSize::SmallInput,
+            );
+        });
+    }
+    group.finish();
+}
+
+fn registry_join_leave(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let _guard = runtime.enter();
+    let hub = hub();
+    let _members = members(&hub, 10_000);
+    let (mut session, mut outbox) = members(&hub, 1).pop().expect("one member");
+    let mut group = c.benchmark_group("registry");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("join_and_leave_a_10000_member_channel", |b| {
+        b.iter(|| {
+            session.handle_text(r#"{"op":"join","channel":"room2"}"#);
+            session.handle_text(r#"{"op":"join","channel":"room"}"#);
+            session.handle_text(r#"{"op":"leave","channel":"room"}"#);
+            session.handle_text(r#"{"op":"leave","channel":"room2"}"#);
+            while outbox.frames.try_recv().is_some() {}
+        });
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(5));
-    targets = fan_out
+    targets = fan_out, event_serialization, frame_batching, registry_join_leave
 }
 criterion_main!(benches);

@@ -242,8 +242,9 @@ async fn send_frames(socket: &mut WebSocket, batch: &mut Vec<Bytes>) -> Result<(
     Ok(())
 }
 
-/// Takes frames from the front of `batch` into one message.
-fn next_message(batch: &mut Vec<Bytes>) -> Message {
+/// Takes frames from the front of `batch` into one `\n`-separated text message of at most
+/// [`MAX_BATCH_BYTES`] (or one larger frame). Public for the benchmarks.
+pub fn next_message(batch: &mut Vec<Bytes>) -> Message {
     let mut len = batch[0].len();
     let count = 1 + batch[1..]
         .iter()
