@@ -135,16 +135,7 @@ async fn a_client_that_stops_reading_is_cut_with_4102_while_others_get_everythin
         fast.push(herald.client(&format!("fast{i}"), "flood").await);
     }
     // The slow client takes a small receive buffer, then never reads again.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(herald.addr.parse().unwrap()).await.unwrap();
-    let (ws, _) = tokio_tungstenite::client_async(
-        format!("ws://{}/ws", herald.addr),
-        tokio_tungstenite::MaybeTlsStream::Plain(stream),
-    )
-    .await
-    .unwrap();
-    let mut slow = Client::from_stream(ws);
+    let mut slow = Client::connect_small_buffer(herald.addr.parse().unwrap()).await;
     let reply = slow
         .request(json!({"op": "ident", "token": herald.token("slow"), "channels": {"flood": {}}}))
         .await;

@@ -496,3 +496,52 @@ async fn silent_connections_are_closed_after_idle_timeout() {
     assert_eq!(lively.request(json!({"op": "ping"})).await["ok"], true);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_on_a_quiet_channel_is_closed_after_idle_timeout() {
+    // The queue is large enough that no 4102 comes: only the idle timeout can end this one.
+    let gw = start(&[
+        "--client-queue",
+        "100000",
+        "--ping-interval",
+        "200ms",
+        "--idle-timeout",
+        "1s",
+    ])
+    .await;
+    let mut stalled = support::Client::connect_small_buffer(gw.addr).await;
+    let reply = stalled
+        .request(
+            json!({"op": "ident", "token": gw.token("stall", None), "channels": {"quiet": {}}}),
+        )
+        .await;
+    assert_eq!(reply["ok"], true);
+    let pad = "x".repeat(2048);
+    for _ in 0..20 {
+        let batch: Vec<_> = (0..100)
+            .map(|_| json!({"event": "e", "channels": ["quiet"], "data": pad}))
+            .collect();
+        gw.publish(serde_json::Value::Array(batch)).await;
+    }
+    // The server's writes to it are now blocked, and the channel goes quiet.
+    let mut connections = json!(1);
+    for _ in 0..100 {
+        connections = gw.get("/api/info").await.1["connections"].clone();
+        if connections == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(connections, 0, "the stalled connection was closed");
+    let metrics = reqwest::get(gw.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("herald_slow_consumer_cuts_total 0"),
+        "closed as idle, not cut: {metrics}"
+    );
+    gw.stop().await;
+}

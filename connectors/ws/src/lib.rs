@@ -7,6 +7,8 @@
 //! than one per event. It also owns what only a WebSocket has: ping/pong liveness and message
 //! size limits.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,11 +135,9 @@ async fn serve(
                 if n == 0 {
                     break End::Gone;
                 }
-                // A client that stops reading blocks this send; its queue then overflows and
-                // the core's 4102 must still get through to end it.
-                tokio::select! {
-                    sent = send_frames(&mut socket, &mut batch) => if sent.is_err() { break End::Gone },
-                    disconnect = &mut ended => break End::Disconnect(disconnect.clone()),
+                let sent = send_frames(&mut socket, &mut batch);
+                if let Err(end) = guarded(sent, ended.as_mut(), &mut ping, last_heard, config.idle_timeout).await {
+                    break end;
                 }
             }
             inbound = socket.recv() => match inbound {
@@ -170,8 +170,9 @@ async fn serve(
                 if last_heard.elapsed() > config.idle_timeout {
                     break End::Idle;
                 }
-                if socket.send(Message::Ping(Bytes::new())).await.is_err() {
-                    break End::Gone;
+                let sent = socket.send(Message::Ping(Bytes::new()));
+                if let Err(end) = guarded(sent, ended.as_mut(), &mut ping, last_heard, config.idle_timeout).await {
+                    break end;
                 }
             }
         }
@@ -187,7 +188,7 @@ async fn serve(
             }
             End::Disconnect(disconnect) => {
                 if !disconnect.discards_queue() {
-                    batch.clear();
+                    // `batch` may still hold frames a blocked send had not written yet.
                     while let Some(frame) = outbox.frames.try_recv() {
                         batch.push(frame);
                     }
@@ -229,6 +230,29 @@ fn close(code: u16, reason: &str) -> Message {
         code,
         reason: reason.into(),
     }))
+}
+
+/// Waits for a write unless the connection ends first or the write stays blocked past the
+/// idle timeout: a client that stopped reading blocks writes for good, and the writer must
+/// still see the core's disconnect (4102, 4100 …) and notice a dead peer.
+async fn guarded<'a>(
+    send: impl Future<Output = Result<(), axum::Error>>,
+    mut ended: Pin<&mut impl Future<Output = &'a Disconnect>>,
+    ping: &mut tokio::time::Interval,
+    last_heard: Instant,
+    idle_timeout: Duration,
+) -> Result<(), End> {
+    tokio::pin!(send);
+    loop {
+        tokio::select! {
+            biased;
+            disconnect = ended.as_mut() => return Err(End::Disconnect(disconnect.clone())),
+            sent = &mut send => return sent.map_err(|_| End::Gone),
+            _ = ping.tick() => if last_heard.elapsed() > idle_timeout {
+                return Err(End::Idle);
+            },
+        }
+    }
 }
 
 /// Sends `batch` as `\n`-separated text messages of at most [`MAX_BATCH_BYTES`] each (or one

@@ -44,6 +44,19 @@ impl Client {
         Self::from_stream(ws)
     }
 
+    /// Connects with a 4 KiB socket receive buffer: a client that then stops reading stalls
+    /// the server's writes almost at once instead of after megabytes.
+    pub async fn connect_small_buffer(addr: std::net::SocketAddr) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let stream = socket.connect(addr).await.expect("connect");
+        let url = format!("ws://{addr}/ws");
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .expect("handshake");
+        Self::from_stream(ws)
+    }
+
     pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
         Self {
             ws,
