@@ -331,3 +331,44 @@ async fn token_subcommand_mints_a_token_herald_accepts() {
     assert_eq!(&*identity.user, "zoe");
     assert!(!identity.may_access(&herald_connector_api::ChannelName::parse("admin").unwrap()));
 }
+
+#[tokio::test]
+async fn flags_win_over_environment_which_wins_over_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("herald.toml");
+    std::fs::write(&file, "jwt_secret = \"from-file\"\n").unwrap();
+    // `herald token` loads the whole configuration, then signs with the winning secret.
+    let token = |flag: Option<&str>, env: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+        command
+            .arg(format!("--config={}", file.display()))
+            .env_remove("HERALD_JWT_SECRET");
+        if let Some(secret) = flag {
+            command.args(["--jwt-secret", secret]);
+        }
+        if let Some(secret) = env {
+            command.env("HERALD_JWT_SECRET", secret);
+        }
+        command.args(["token", "--user", "p"]);
+        async move {
+            String::from_utf8(command.output().await.unwrap().stdout)
+                .unwrap()
+                .trim()
+                .to_owned()
+        }
+    };
+    let signed_with = |token: &str| {
+        ["from-flag", "from-env", "from-file"]
+            .into_iter()
+            .find(|secret| herald::auth::Auth::new(secret).verify(token).is_ok())
+    };
+    assert_eq!(signed_with(&token(None, None).await), Some("from-file"));
+    assert_eq!(
+        signed_with(&token(None, Some("from-env")).await),
+        Some("from-env")
+    );
+    assert_eq!(
+        signed_with(&token(Some("from-flag"), Some("from-env")).await),
+        Some("from-flag")
+    );
+}
