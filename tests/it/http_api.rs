@@ -118,12 +118,7 @@ async fn the_same_idempotency_key_is_delivered_once() {
         .await;
     assert_ne!(other["id"], first["id"]);
     assert_eq!(c.event().await["via"]["@i"], 2);
-    let metrics = reqwest::get(gw.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains("herald_duplicates_suppressed_total 1"),
         "{metrics}"
@@ -183,12 +178,7 @@ async fn channels_presence_history_and_info() {
         (status, body["error"].as_str().unwrap().starts_with("user:")),
         (400, true)
     );
-    let metrics = reqwest::get(gw.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     for name in [
         "herald_connections 1",
         "herald_events_in_total 3",

@@ -533,12 +533,7 @@ async fn a_client_that_stops_reading_on_a_quiet_channel_is_closed_after_idle_tim
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(connections, 0, "the stalled connection was closed");
-    let metrics = reqwest::get(gw.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains("herald_slow_consumer_cuts_total 0"),
         "closed as idle, not cut: {metrics}"

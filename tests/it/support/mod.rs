@@ -150,6 +150,17 @@ impl Gateway {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics");
+        response.text().await.expect("metrics text")
+    }
+
     /// Triggers shutdown and waits for `run` to return.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
