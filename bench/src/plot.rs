@@ -83,26 +83,11 @@ fn lines(
         .y_label_formatter(&|v| compact(*v))
         .draw()
         .map_err(|e| err(path, e))?;
-    for (k, pts) in series {
-        let c = color(*k);
-        let mut pts = pts.clone();
+    let mut sorted = series.clone();
+    for pts in sorted.values_mut() {
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        chart
-            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
-            .map_err(|e| err(path, e))?
-            .label(k.to_string())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart
-            .draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))
-            .map_err(|e| err(path, e))?;
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(|e| err(path, e))?;
+    draw_series(&mut chart, &sorted, path)?;
     root.present().map_err(|e| err(path, e))
 }
 
@@ -136,6 +121,20 @@ fn latency(path: &Path, label: &str, series: &Series) -> Result<(), PlotError> {
         .y_desc("ms (log)")
         .draw()
         .map_err(|e| err(path, e))?;
+    draw_series(&mut chart, series, path)?;
+    root.present().map_err(|e| err(path, e))
+}
+
+/// A line with point markers per target, in the target's colour, and the legend box.
+fn draw_series<'a, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    series: &Series,
+    path: &Path,
+) -> Result<(), PlotError>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
     for (k, pts) in series {
         let c = color(*k);
         chart
@@ -153,8 +152,7 @@ fn latency(path: &Path, label: &str, series: &Series) -> Result<(), PlotError> {
         .background_style(WHITE.mix(0.8))
         .position(SeriesLabelPosition::UpperLeft)
         .draw()
-        .map_err(|e| err(path, e))?;
-    root.present().map_err(|e| err(path, e))
+        .map_err(|e| err(path, e))
 }
 
 fn param(r: &RunResult, key: &str) -> Option<f64> {
