@@ -6,6 +6,7 @@
 //! time and stops by itself.
 
 mod client;
+mod floor;
 mod net;
 mod plot;
 mod publish;
@@ -99,6 +100,17 @@ struct Flow {
     payload: usize,
 }
 
+/// A fixed event rate to N subscribers of one channel.
+#[derive(Args, Debug, Clone, Copy)]
+struct Steady {
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    #[arg(long, default_value_t = 10.0)]
+    duration_s: f64,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// One channel, N subscribers, events as fast as they are delivered.
@@ -114,12 +126,8 @@ enum Cmd {
     },
     /// N subscribers on one channel, a fixed event rate: latency under steady load.
     Steady {
-        #[arg(long, default_value_t = 1000)]
-        subscribers: usize,
-        #[arg(long, default_value_t = 50.0)]
-        rate: f64,
-        #[arg(long, default_value_t = 10.0)]
-        duration_s: f64,
+        #[command(flatten)]
+        load: Steady,
     },
     /// N subscribers each on its own channel, M events spread over the channels.
     Channels {
@@ -168,6 +176,22 @@ enum Cmd {
         missed: u64,
         #[arg(long, default_value_t = 10)]
         warmup: u64,
+    },
+    /// The machine's floor for `steady`: raw TCP, one write loop, no protocol (`steady` and
+    /// `all` run it too).
+    Floor {
+        #[command(flatten)]
+        load: Steady,
+    },
+    /// The floor's server side, started by `floor` as a child process.
+    #[command(hide = true)]
+    FloorServer {
+        #[arg(long)]
+        subscribers: usize,
+        #[arg(long)]
+        rate: f64,
+        #[arg(long)]
+        events: u64,
     },
     /// Every scenario with small N for a few seconds: correctness only (CI). Exits non-zero
     /// on any lost, duplicated or out-of-order event.
@@ -269,12 +293,12 @@ fn jobs(cmd: &Cmd) -> Vec<Job> {
             .iter()
             .map(|&n| Job::Deliver(fanout_plan(n, *events, flow)))
             .collect(),
-        Cmd::Steady {
-            subscribers,
-            rate,
-            duration_s,
-        } => {
-            vec![Job::Deliver(steady_plan(*subscribers, *rate, *duration_s))]
+        Cmd::Steady { load } => {
+            vec![Job::Deliver(steady_plan(
+                load.subscribers,
+                load.rate,
+                load.duration_s,
+            ))]
         }
         Cmd::Channels {
             subscribers,
@@ -362,7 +386,26 @@ fn jobs(cmd: &Cmd) -> Vec<Job> {
                 missed: 100,
             },
         ],
+        Cmd::Floor { .. } | Cmd::FloorServer { .. } => Vec::new(),
     }
+}
+
+/// The floor run that goes with a command, if any: `steady`'s own size and rate.
+fn floor_plan(cmd: &Cmd) -> Option<floor::Plan> {
+    let (subscribers, rate, duration_s) = match cmd {
+        Cmd::Floor { load } | Cmd::Steady { load } => {
+            (load.subscribers, load.rate, load.duration_s)
+        }
+        Cmd::All => (1000, 50.0, 10.0),
+        // Keeps the floor from rotting; its figures mean nothing at this size.
+        Cmd::Short => (50, 50.0, 1.0),
+        _ => return None,
+    };
+    Some(floor::Plan {
+        subscribers,
+        rate,
+        events: (rate * duration_s).ceil().max(1.0) as u64,
+    })
 }
 
 async fn run_job(ctx: &Ctx, job: &Job) -> RunResult {
@@ -395,6 +438,21 @@ fn node_version(node: &str) -> String {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Cmd::FloorServer {
+        subscribers,
+        rate,
+        events,
+    } = cli.cmd
+    {
+        return tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(floor::serve(floor::Plan {
+                subscribers,
+                rate,
+                events,
+            }));
+    }
     let g = cli.global.clone();
     let nofile = sys::raise_nofile();
     let root = repo_root();
@@ -471,7 +529,19 @@ fn main() -> anyhow::Result<()> {
         }
         results
     });
-    let md = report::write(&out, &meta, &results).context("writing the report")?;
+    let mut md = report::write(&out, &meta, &results).context("writing the report")?;
+    if let Some(plan) = floor_plan(&cli.cmd) {
+        eprintln!("floor: raw TCP, {} subscribers", plan.subscribers);
+        let measured = rt.block_on(floor::run(plan)).context("the floor run")?;
+        let section = format!("\n## Floor\n\n{}", floor::markdown(&measured));
+        md.push_str(&section);
+        std::fs::write(out.join("report.md"), &md).context("writing the report")?;
+        std::fs::write(
+            out.join("floor.json"),
+            serde_json::to_string_pretty(&measured)?,
+        )
+        .context("writing floor.json")?;
+    }
     if !g.no_plots {
         match plot::all(&out, &results) {
             Ok(files) => eprintln!("{} plots written", files.len()),

@@ -37,4 +37,8 @@ fn short_mode_loses_nothing() {
         status.success(),
         "herald-bench short reported lost, duplicated or out-of-order events (or failed)"
     );
+    assert!(
+        report.contains("raw TCP floor"),
+        "the floor run is missing from the report"
+    );
 }
