@@ -62,7 +62,7 @@ fn members(hub: &Hub, n: usize) -> Vec<(Box<dyn ClientSession>, Outbox)> {
             session.handle_text(&format!(
                 r#"{{"op":"ident","token":"{token}","channels":{{"room":{{}}}}}}"#
             ));
-            while outbox.frames.try_recv().is_some() {}
+            while outbox.try_recv().is_some() {}
             (session, outbox)
         })
         .collect()
@@ -87,7 +87,7 @@ fn fan_out(c: &mut Criterion) {
                     spent += start.elapsed();
                     // Drain outside the timing, as the connections' writers would.
                     for (_, outbox) in &mut conns {
-                        while outbox.frames.try_recv().is_some() {}
+                        while outbox.try_recv().is_some() {}
                     }
                 }
                 spent
@@ -152,7 +152,7 @@ fn registry_join_leave(c: &mut Criterion) {
             session.handle_text(r#"{"op":"join","channel":"room"}"#);
             session.handle_text(r#"{"op":"leave","channel":"room"}"#);
             session.handle_text(r#"{"op":"leave","channel":"room2"}"#);
-            while outbox.frames.try_recv().is_some() {}
+            while outbox.try_recv().is_some() {}
         });
     });
     group.finish();

@@ -61,11 +61,7 @@ impl AuthDeadlines {
             }
             if let Some(conn) = conn.upgrade() {
                 if conn.identity.get().is_none() {
-                    conn.disconnect.trigger(Disconnect::new(
-                        4008,
-                        "no ident within auth_timeout",
-                        true,
-                    ));
+                    conn.end(Disconnect::new(4008, "no ident within auth_timeout", true));
                 }
             }
             pending.pop_front();

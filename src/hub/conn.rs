@@ -4,9 +4,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use herald_connector_api::{
-    frame_queue, ChannelName, Disconnect, DisconnectSignal, FrameReceiver, FrameSender, QueueError,
-};
+use herald_connector_api::{outbox, ChannelName, Disconnect, FrameSender, Outbox, QueueError};
 use parking_lot::Mutex;
 
 use crate::auth::Identity;
@@ -32,29 +30,37 @@ pub struct Conn {
     pub identity: OnceLock<Identity>,
     /// Every channel this connection is a member of, so it can leave them all on close.
     pub channels: Mutex<HashSet<ChannelName>>,
-    /// Ends the connection; the transport watches it.
-    pub disconnect: DisconnectSignal,
     frames_tx: FrameSender,
 }
 
 impl Conn {
-    /// A connection with an outbound queue of `capacity` frames, and the queue's receiver.
-    pub fn new(key: u64, id: Arc<str>, capacity: usize) -> (Arc<Self>, FrameReceiver) {
-        let (frames_tx, frames_rx) = frame_queue(capacity);
+    /// A connection with an outbox of `capacity` frames, and the outbox for its transport.
+    pub fn new(key: u64, id: Arc<str>, capacity: usize) -> (Arc<Self>, Outbox) {
+        let (frames_tx, outbox) = outbox(capacity);
         let conn = Self {
             key,
             id,
             identity: OnceLock::new(),
             channels: Mutex::new(HashSet::new()),
-            disconnect: DisconnectSignal::new(),
             frames_tx,
         };
-        (Arc::new(conn), frames_rx)
+        (Arc::new(conn), outbox)
     }
 
     /// The user id, once identified (empty for anonymous).
     pub fn user(&self) -> &str {
         self.identity.get().map_or("", |id| &id.user)
+    }
+
+    /// Ends the connection unless it is ending already; returns whether this call ended it.
+    /// The transport sends the disconnect frame and closes.
+    pub fn end(&self, disconnect: Disconnect) -> bool {
+        self.frames_tx.end(disconnect)
+    }
+
+    /// Whether the connection is ending.
+    pub fn is_ending(&self) -> bool {
+        self.frames_tx.is_ending()
     }
 
     /// Queues a frame without waiting; a full queue cuts the connection with 4102, so the
@@ -63,7 +69,7 @@ impl Conn {
         match self.frames_tx.try_send(frame) {
             Ok(()) => Queued::Yes,
             Err(QueueError::Full) => {
-                if self.disconnect.trigger(Disconnect::new(
+                if self.end(Disconnect::new(
                     4102,
                     "too slow: outbound queue overflowed",
                     true,

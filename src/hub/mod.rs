@@ -128,8 +128,7 @@ impl Hub {
     pub fn shut_down(&self) {
         self.0.shutting_down.store(true, Ordering::SeqCst);
         for conn in self.0.conns.iter() {
-            conn.disconnect
-                .trigger(Disconnect::new(4100, "shutdown", true));
+            conn.end(Disconnect::new(4100, "shutdown", true));
         }
     }
 
@@ -301,14 +300,10 @@ impl SessionHub for Hub {
         }
         let key = self.0.next_conn.fetch_add(1, Ordering::Relaxed);
         let id: Arc<str> = Arc::from(format!("c_{}_{key}", self.0.config.node));
-        let (conn, frames) = Conn::new(key, id.clone(), self.0.config.client_queue);
+        let (conn, outbox) = Conn::new(key, id.clone(), self.0.config.client_queue);
         self.0.conns.insert(id, conn.clone());
         self.0.metrics.connections.inc();
         self.0.metrics.connections_opened.inc();
-        let outbox = Outbox {
-            frames,
-            disconnect: conn.disconnect.clone(),
-        };
         self.0.auth_deadlines.watch(&conn);
         Ok((
             Box::new(session::Session::new(self.clone(), conn, peer)),
@@ -412,10 +407,7 @@ impl Gateway for Hub {
     fn disconnect(&self, target: Target, reason: &str, reconnect: bool) -> usize {
         self.matching_conns(&target)
             .iter()
-            .filter(|c| {
-                c.disconnect
-                    .trigger(Disconnect::new(4101, reason, reconnect))
-            })
+            .filter(|c| c.end(Disconnect::new(4101, reason, reconnect)))
             .count()
     }
 

@@ -92,7 +92,7 @@ impl Session {
             Ok(identity) => identity,
             Err(why) => {
                 tracing::info!(conn = %self.conn.id, error = %why, "authentication failed");
-                self.conn.disconnect.trigger(Disconnect::new(
+                self.conn.end(Disconnect::new(
                     4002,
                     format!("authentication failed: {why}"),
                     false,
@@ -312,7 +312,7 @@ impl ClientSession for Session {
             }
         };
         for raw in frames {
-            if self.conn.disconnect.get().is_some() {
+            if self.conn.is_ending() {
                 break;
             }
             self.handle_frame(raw);

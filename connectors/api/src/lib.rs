@@ -11,7 +11,7 @@
 //! - [`field`]: JSON parsing whose errors name the offending field.
 //! - [`gateway`]: what publishers and the admin API may ask of the core.
 //! - [`session`]: the transport seam: one client connection, its inbound frames and its outbox.
-//! - [`queue`]: the bounded, lazily allocated frame queue behind every outbox.
+//! - [`queue`]: the outbox: a bounded, lazily allocated frame queue, then the disconnect.
 //! - [`connector`]: the trait inbound sources implement, and their context.
 
 pub mod channel;
@@ -30,7 +30,5 @@ pub use gateway::{
     ChannelSummary, Gateway, GatewayInfo, HistoryError, HistoryPage, Member, PublishError,
     Published, Since, Target,
 };
-pub use queue::{frame_queue, FrameReceiver, FrameSender, QueueError};
-pub use session::{
-    ClientSession, Disconnect, DisconnectSignal, OpenError, Outbox, PeerInfo, SessionHub,
-};
+pub use queue::{outbox, FrameSender, Outbox, QueueError, Received};
+pub use session::{ClientSession, Disconnect, OpenError, PeerInfo, SessionHub};

@@ -1,16 +1,21 @@
-//! The bounded frame queue between the core and one connection's writer.
+//! The bounded outbox between the core and one connection's writer: frames in order, then
+//! the disconnect that ends the connection.
 //!
 //! Hand-written instead of `tokio::sync::mpsc` because a gateway holds tens of thousands of
 //! these, mostly idle: tokio's channel allocates a 32-slot block up front (about 1 KiB per
 //! connection), while this one allocates only when frames are queued and gives the memory
 //! back once the writer has drained a burst. Senders never wait: a full queue is reported
-//! to the caller, which cuts the connection rather than block the fan-out.
+//! to the caller, which cuts the connection rather than block the fan-out. The disconnect
+//! lives under the same lock and wakes the same waiter, so a woken writer touches one
+//! structure, and wakes only when the queue turns non-empty or the connection ends.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
+
+use crate::session::Disconnect;
 
 /// A drained queue whose buffer grew past this many frames releases it.
 const SHRINK_ABOVE: usize = 64;
@@ -26,9 +31,21 @@ pub enum QueueError {
     Closed,
 }
 
+/// What [`Outbox::recv_many`] got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// This many frames were moved out.
+    Frames(usize),
+    /// The connection must end; frames still queued are left for [`Outbox::try_recv`].
+    Ended(Disconnect),
+    /// The sender is gone and nothing is queued.
+    Closed,
+}
+
 #[derive(Debug, Default)]
 struct State {
     frames: VecDeque<Bytes>,
+    disconnect: Option<Disconnect>,
     closed: bool,
 }
 
@@ -41,24 +58,24 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this lock leaves a consistent VecDeque; keep going.
+        // A panic while holding this lock leaves a consistent state; keep going.
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-/// A queue of at most `capacity` frames, and its two ends.
-pub fn frame_queue(capacity: usize) -> (FrameSender, FrameReceiver) {
+/// An outbox of at most `capacity` frames, and its sending end.
+pub fn outbox(capacity: usize) -> (FrameSender, Outbox) {
     let shared = Arc::new(Shared {
         capacity,
         state: Mutex::default(),
         ready: Notify::new(),
     });
-    (FrameSender(shared.clone()), FrameReceiver(shared))
+    (FrameSender(shared.clone()), Outbox(shared))
 }
 
-/// The core's end: queues frames without waiting.
+/// The core's end: queues frames without waiting, and ends the connection.
 #[derive(Debug)]
 pub struct FrameSender(Arc<Shared>);
 
@@ -68,7 +85,7 @@ impl FrameSender {
     /// # Errors
     /// [`QueueError::Full`] at capacity, [`QueueError::Closed`] once the receiver is gone.
     pub fn try_send(&self, frame: Bytes) -> Result<(), QueueError> {
-        {
+        let was_empty = {
             let mut state = self.0.lock();
             if state.closed {
                 return Err(QueueError::Closed);
@@ -77,10 +94,33 @@ impl FrameSender {
                 return Err(QueueError::Full);
             }
             state.frames.push_back(frame);
+            state.frames.len() == 1
+        };
+        // A non-empty queue was signalled when it turned non-empty and the writer drains it
+        // before it waits again, so only that transition wakes it. A stored permit covers a
+        // writer that is not waiting yet.
+        if was_empty {
+            self.0.ready.notify_one();
         }
-        // Stores a permit when the writer is not waiting, so no wake-up is lost.
-        self.0.ready.notify_one();
         Ok(())
+    }
+
+    /// Ends the connection unless it is ending already; returns whether this call ended it.
+    pub fn end(&self, disconnect: Disconnect) -> bool {
+        {
+            let mut state = self.0.lock();
+            if state.disconnect.is_some() {
+                return false;
+            }
+            state.disconnect = Some(disconnect);
+        }
+        self.0.ready.notify_one();
+        true
+    }
+
+    /// Whether the connection is ending.
+    pub fn is_ending(&self) -> bool {
+        self.0.lock().disconnect.is_some()
     }
 }
 
@@ -91,28 +131,43 @@ impl Drop for FrameSender {
     }
 }
 
-/// The writer's end.
+/// The writer's end: what the core sends to one connection.
 #[derive(Debug)]
-pub struct FrameReceiver(Arc<Shared>);
+pub struct Outbox(Arc<Shared>);
 
-impl FrameReceiver {
-    /// Waits for frames and moves up to `limit` of them into `out`; returns how many, or 0
-    /// once the sender is gone and the queue is empty. Cancel-safe.
-    pub async fn recv_many(&mut self, out: &mut Vec<Bytes>, limit: usize) -> usize {
+impl Outbox {
+    /// Waits for frames and moves up to `limit` of them into `out`, or for the disconnect,
+    /// which comes first when both are there. Cancel-safe.
+    pub async fn recv_many(&mut self, out: &mut Vec<Bytes>, limit: usize) -> Received {
         loop {
             {
                 let mut state = self.0.lock();
+                if let Some(disconnect) = &state.disconnect {
+                    return Received::Ended(disconnect.clone());
+                }
                 let n = state.frames.len().min(limit);
                 if n > 0 {
                     out.extend(state.frames.drain(..n));
                     if state.frames.is_empty() && state.frames.capacity() > SHRINK_ABOVE {
                         state.frames = VecDeque::new();
                     }
-                    return n;
+                    return Received::Frames(n);
                 }
                 if state.closed {
-                    return 0;
+                    return Received::Closed;
                 }
+            }
+            self.0.ready.notified().await;
+        }
+    }
+
+    /// Waits until the connection is told to end (never, if the sender goes away without
+    /// ending it). For a writer blocked on the network; it takes `&mut self` so it cannot
+    /// wait beside [`Self::recv_many`], with which it shares one wake-up. Cancel-safe.
+    pub async fn ended(&mut self) -> Disconnect {
+        loop {
+            if let Some(disconnect) = &self.0.lock().disconnect {
+                return disconnect.clone();
             }
             self.0.ready.notified().await;
         }
@@ -124,7 +179,7 @@ impl FrameReceiver {
     }
 }
 
-impl Drop for FrameReceiver {
+impl Drop for Outbox {
     fn drop(&mut self) {
         let mut state = self.0.lock();
         state.closed = true;
@@ -136,16 +191,20 @@ impl Drop for FrameReceiver {
 mod tests {
     use super::*;
 
+    fn bye() -> Disconnect {
+        Disconnect::new(4100, "shutdown", true)
+    }
+
     #[tokio::test]
     async fn bounded_ordered_and_closable() {
-        let (tx, mut rx) = frame_queue(3);
+        let (tx, mut rx) = outbox(3);
         for i in 0..3u8 {
             tx.try_send(Bytes::from(vec![i])).unwrap();
         }
         assert_eq!(tx.try_send(Bytes::new()), Err(QueueError::Full));
         let mut out = Vec::new();
-        assert_eq!(rx.recv_many(&mut out, 2).await, 2);
-        assert_eq!(rx.recv_many(&mut out, 10).await, 1);
+        assert_eq!(rx.recv_many(&mut out, 2).await, Received::Frames(2));
+        assert_eq!(rx.recv_many(&mut out, 10).await, Received::Frames(1));
         assert_eq!(
             out,
             [
@@ -157,27 +216,82 @@ mod tests {
 
         let waiter = tokio::spawn(async move {
             let mut out = Vec::new();
-            let n = rx.recv_many(&mut out, 10).await;
-            (n, rx.recv_many(&mut out, 10).await)
+            let first = rx.recv_many(&mut out, 10).await;
+            (first, rx.recv_many(&mut out, 10).await)
         });
         tokio::task::yield_now().await;
         tx.try_send(Bytes::from_static(b"x")).unwrap();
         drop(tx);
-        assert_eq!(waiter.await.unwrap(), (1, 0), "a frame, then closed");
+        assert_eq!(
+            waiter.await.unwrap(),
+            (Received::Frames(1), Received::Closed),
+            "a frame, then closed"
+        );
 
-        let (tx, rx) = frame_queue(1);
+        let (tx, rx) = outbox(1);
         drop(rx);
         assert_eq!(tx.try_send(Bytes::new()), Err(QueueError::Closed));
     }
 
     #[tokio::test]
+    async fn a_waiting_writer_sees_every_frame_though_only_the_first_wakes_it() {
+        let (tx, mut rx) = outbox(100);
+        let writer = tokio::spawn(async move {
+            let mut out = Vec::new();
+            while out.len() < 30 {
+                let Received::Frames(_) = rx.recv_many(&mut out, 4).await else {
+                    break;
+                };
+                tokio::task::yield_now().await;
+            }
+            out.len()
+        });
+        for round in 0..10u8 {
+            for i in 0..3u8 {
+                tx.try_send(Bytes::from(vec![round, i])).unwrap();
+            }
+            tokio::task::yield_now().await;
+        }
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), writer)
+            .await
+            .expect("the writer was left waiting with frames queued")
+            .unwrap();
+        assert_eq!(got, 30);
+    }
+
+    #[tokio::test]
+    async fn the_disconnect_comes_before_queued_frames_and_wakes_a_blocked_writer() {
+        let (tx, mut rx) = outbox(10);
+        tx.try_send(Bytes::from_static(b"a")).unwrap();
+        assert!(!tx.is_ending());
+        assert!(tx.end(bye()));
+        assert!(
+            !tx.end(Disconnect::new(4102, "too slow", true)),
+            "first wins"
+        );
+        assert!(tx.is_ending());
+        let mut out = Vec::new();
+        assert_eq!(rx.recv_many(&mut out, 10).await, Received::Ended(bye()));
+        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"a")), "left queued");
+
+        let (tx, mut rx) = outbox(10);
+        let blocked = tokio::spawn(async move { rx.ended().await });
+        tokio::task::yield_now().await;
+        tx.try_send(Bytes::from_static(b"b")).unwrap();
+        tokio::task::yield_now().await;
+        assert!(!blocked.is_finished(), "a frame is no disconnect");
+        tx.end(bye());
+        assert_eq!(blocked.await.unwrap(), bye());
+    }
+
+    #[tokio::test]
     async fn drained_bursts_give_memory_back() {
-        let (tx, mut rx) = frame_queue(1000);
+        let (tx, mut rx) = outbox(1000);
         for _ in 0..500 {
             tx.try_send(Bytes::new()).unwrap();
         }
         let mut out = Vec::new();
-        while rx.recv_many(&mut out, 256).await == 256 {}
+        while rx.recv_many(&mut out, 256).await == Received::Frames(256) {}
         assert_eq!(rx.0.lock().frames.capacity(), 0);
     }
 }

@@ -7,10 +7,8 @@
 //! Protocol logic lives entirely in the core, so a new transport only moves bytes.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use tokio_util::sync::CancellationToken;
 
 /// Who is connecting, as the transport saw it.
 #[derive(Debug, Clone)]
@@ -38,7 +36,7 @@ pub trait SessionHub: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`OpenError`] when the connection is not admitted.
-    fn open(&self, peer: PeerInfo) -> Result<(Box<dyn ClientSession>, Outbox), OpenError>;
+    fn open(&self, peer: PeerInfo) -> Result<(Box<dyn ClientSession>, crate::Outbox), OpenError>;
 }
 
 /// The inbound half of one connection; dropping it unregisters the connection.
@@ -48,16 +46,6 @@ pub trait ClientSession: Send {
     /// Handles one inbound text message: one frame, a JSON array of frames, or `\n`-separated
     /// frames. Replies and errors go to the outbox; it never waits on the network.
     fn handle_text(&mut self, text: &str);
-}
-
-/// What the core sends to one connection.
-#[derive(Debug)]
-pub struct Outbox {
-    /// Server frames, one JSON object each, in delivery order. Bounded: the core cuts the
-    /// connection with 4102 rather than wait when it is full.
-    pub frames: crate::queue::FrameReceiver,
-    /// Set once when the connection must end.
-    pub disconnect: DisconnectSignal,
 }
 
 /// Why and how a connection ends.
@@ -93,43 +81,5 @@ impl Disconnect {
     /// being too slow (4102) recovers through offsets, and flushing is what it failed to do.
     pub fn discards_queue(&self) -> bool {
         self.code == 4102
-    }
-}
-
-/// A one-shot, cloneable "this connection is over" signal; the first trigger wins.
-#[derive(Debug, Clone, Default)]
-pub struct DisconnectSignal(Arc<SignalState>);
-
-#[derive(Debug, Default)]
-struct SignalState {
-    value: OnceLock<Disconnect>,
-    fired: CancellationToken,
-}
-
-impl DisconnectSignal {
-    /// A signal not yet triggered.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Sets the disconnect unless one is set already; returns whether this call set it.
-    pub fn trigger(&self, disconnect: Disconnect) -> bool {
-        let set = self.0.value.set(disconnect).is_ok();
-        if set {
-            self.0.fired.cancel();
-        }
-        set
-    }
-
-    /// The disconnect, once triggered.
-    pub fn get(&self) -> Option<&Disconnect> {
-        self.0.value.get()
-    }
-
-    /// Waits until triggered. Cancel-safe.
-    pub async fn triggered(&self) -> &Disconnect {
-        self.0.fired.cancelled().await;
-        // `trigger` sets the value before it cancels the token.
-        self.0.value.get().expect("set before fired")
     }
 }

@@ -8,8 +8,8 @@
 //! size limits.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -19,7 +19,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use herald_connector_api::{ClientSession, Disconnect, OpenError, Outbox, PeerInfo, SessionHub};
+use herald_connector_api::{
+    ClientSession, Disconnect, OpenError, Outbox, PeerInfo, Received, SessionHub,
+};
 use tokio::time::{timeout, Instant};
 use tokio_util::task::TaskTracker;
 
@@ -124,22 +126,19 @@ async fn serve(
         tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
     let mut last_heard = Instant::now();
     let mut batch: Vec<Bytes> = Vec::new();
-    // Created once: a fresh future per loop turn would re-register with the signal each time.
-    let ended = outbox.disconnect.triggered();
-    tokio::pin!(ended);
     let end = loop {
         tokio::select! {
             biased;
-            disconnect = &mut ended => break End::Disconnect(disconnect.clone()),
-            n = outbox.frames.recv_many(&mut batch, MAX_BATCH_FRAMES) => {
-                if n == 0 {
-                    break End::Gone;
+            received = outbox.recv_many(&mut batch, MAX_BATCH_FRAMES) => match received {
+                Received::Frames(_) => {
+                    let sent = send_frames(&mut socket, &mut batch);
+                    if let Err(end) = guarded(sent, &mut outbox, &mut ping, last_heard, config.idle_timeout).await {
+                        break end;
+                    }
                 }
-                let sent = send_frames(&mut socket, &mut batch);
-                if let Err(end) = guarded(sent, ended.as_mut(), &mut ping, last_heard, config.idle_timeout).await {
-                    break end;
-                }
-            }
+                Received::Ended(disconnect) => break End::Disconnect(disconnect),
+                Received::Closed => break End::Gone,
+            },
             inbound = socket.recv() => match inbound {
                 Some(Ok(Message::Text(_) | Message::Binary(_))) if inbound_len(&inbound) > config.max_message_size => {
                     break End::Disconnect(Disconnect::new(4009, "frame too large", true));
@@ -171,7 +170,7 @@ async fn serve(
                     break End::Idle;
                 }
                 let sent = socket.send(Message::Ping(Bytes::new()));
-                if let Err(end) = guarded(sent, ended.as_mut(), &mut ping, last_heard, config.idle_timeout).await {
+                if let Err(end) = guarded(sent, &mut outbox, &mut ping, last_heard, config.idle_timeout).await {
                     break end;
                 }
             }
@@ -189,7 +188,7 @@ async fn serve(
             End::Disconnect(disconnect) => {
                 if !disconnect.discards_queue() {
                     // `batch` may still hold frames a blocked send had not written yet.
-                    while let Some(frame) = outbox.frames.try_recv() {
+                    while let Some(frame) = outbox.try_recv() {
                         batch.push(frame);
                     }
                     send_frames(&mut socket, &mut batch).await?;
@@ -235,18 +234,23 @@ fn close(code: u16, reason: &str) -> Message {
 /// Waits for a write unless the connection ends first or the write stays blocked past the
 /// idle timeout: a client that stopped reading blocks writes for good, and the writer must
 /// still see the core's disconnect (4102, 4100 …) and notice a dead peer.
-async fn guarded<'a>(
+async fn guarded(
     send: impl Future<Output = Result<(), axum::Error>>,
-    mut ended: Pin<&mut impl Future<Output = &'a Disconnect>>,
+    outbox: &mut Outbox,
     ping: &mut tokio::time::Interval,
     last_heard: Instant,
     idle_timeout: Duration,
 ) -> Result<(), End> {
     tokio::pin!(send);
+    // Nearly every write completes at once; only a blocked one needs the other watches.
+    let first = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await;
+    if let Poll::Ready(sent) = first {
+        return sent.map_err(|_| End::Gone);
+    }
     loop {
         tokio::select! {
             biased;
-            disconnect = ended.as_mut() => return Err(End::Disconnect(disconnect.clone())),
+            disconnect = outbox.ended() => return Err(End::Disconnect(disconnect)),
             sent = &mut send => return sent.map_err(|_| End::Gone),
             _ = ping.tick() => if last_heard.elapsed() > idle_timeout {
                 return Err(End::Idle);
