@@ -103,6 +103,13 @@ pub struct EventArgs<'a> {
 }
 
 pub fn event_args(args: &str) -> Result<EventArgs<'_>, EioError> {
+    match fast_event_args(args) {
+        Some(fast) => Ok(fast),
+        None => full_event_args(args),
+    }
+}
+
+fn full_event_args(args: &str) -> Result<EventArgs<'_>, EioError> {
     let parts: Vec<&RawValue> =
         serde_json::from_str(args).map_err(|e| EioError::Args(e.to_string()))?;
     // The name must be a string; the peer only emits the harness's own events, so it is not
@@ -123,6 +130,19 @@ pub fn event_args(args: &str) -> Result<EventArgs<'_>, EioError> {
         .get(3)
         .and_then(|r| serde_json::from_str::<&str>(r.get()).ok());
     Ok(EventArgs { t, via, offset })
+}
+
+/// `["name",{"t":…},{via}]` as the peer emits it without recovery, read without serde (see
+/// `client::herald::fast_event` for why); `None` for anything else.
+fn fast_event_args(args: &str) -> Option<EventArgs<'_>> {
+    let rest = args.strip_prefix("[\"")?;
+    let via_at = super::rfind(rest, b",{")?;
+    let via = super::scan_via(rest[via_at..].strip_suffix("}]")?)?;
+    Some(EventArgs {
+        t: super::scan_u64_after(rest, b"\",{\"t\":"),
+        via,
+        offset: None,
+    })
 }
 
 /// First element of an ack's argument array (`[{…}]`), as raw JSON.
@@ -218,6 +238,26 @@ mod tests {
         assert_eq!(b.offset, None);
         assert!(event_args("[]").is_err());
         assert!(event_args("nope").is_err());
+    }
+
+    #[test]
+    fn the_fast_event_path_agrees_with_the_full_parse() {
+        for args in [
+            r#"["e",{"t":123,"n":4},{"bench":5}]"#,
+            r#"["e",{"t":7,"pad":"a,{b"},{"@u1":3,"ch2":40}]"#,
+            r#"["e",{"n":1},{"bench":2}]"#,
+        ] {
+            let fast = fast_event_args(args).expect(args);
+            let full = full_event_args(args).unwrap();
+            assert_eq!((fast.t, fast.via.0), (full.t, full.via.0), "{args}");
+        }
+        for other in [
+            r#"["e",{"t":1},{"bench":5},"1a2b"]"#,
+            r#"["e",{"t":1},{"bench":-5}]"#,
+            r#"[1,{"t":1},{"bench":5}]"#,
+        ] {
+            assert!(fast_event_args(other).is_none(), "{other}");
+        }
     }
 
     #[test]

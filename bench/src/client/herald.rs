@@ -10,7 +10,10 @@ use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::WaitForCancellationFuture;
 
-use super::{ChannelPos, ChannelReq, ClientError, IdentReply, Payload, RunEnd, Sink, Via};
+use super::{
+    rfind, scan_u64_after, scan_via, ChannelPos, ChannelReq, ClientError, IdentReply, Payload,
+    RunEnd, Sink, Via,
+};
 use crate::net::Ws;
 use crate::sys::now_us;
 
@@ -53,41 +56,9 @@ pub struct Control {
 /// takes the full parse.
 pub fn fast_event(frame: &str) -> Option<(Via<'_>, Option<u64>)> {
     let rest = frame.strip_prefix(r#"{"op":"event","#)?;
-    // Quotes inside JSON strings are escaped, so these keys can only be structural. Both sit
-    // a few bytes from where the search starts, so a plain window scan beats a substring
-    // searcher that has to be built per frame.
-    const VIA: &[u8] = br#","via":{"#;
-    const DATA_T: &[u8] = br#","data":{"t":"#;
-    let via_at = rest.as_bytes().windows(VIA.len()).rposition(|w| w == VIA)?;
-    let mut via_text = rest[via_at + VIA.len()..].strip_suffix("}}")?;
-    let mut via = Vec::with_capacity(1);
-    while !via_text.is_empty() {
-        let body = via_text.strip_prefix('"')?;
-        let name_end = body.find('"')?;
-        let (name, after) = body.split_at(name_end);
-        if name.contains('\\') {
-            return None;
-        }
-        let after = after.strip_prefix("\":")?;
-        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
-        via.push((name, after[..digits].parse().ok()?));
-        via_text = &after[digits..];
-        if let Some(more) = via_text.strip_prefix(',') {
-            via_text = more;
-        } else if !via_text.is_empty() {
-            return None;
-        }
-    }
-    let data_at = rest
-        .as_bytes()
-        .windows(DATA_T.len())
-        .position(|w| w == DATA_T);
-    let t = data_at.and_then(|i| {
-        let digits = &rest[i + DATA_T.len()..];
-        let n = digits.bytes().take_while(u8::is_ascii_digit).count();
-        digits[..n].parse().ok()
-    });
-    Some((Via(via), t))
+    let via_at = rfind(rest, br#","via":{"#)?;
+    let via = scan_via(rest[via_at..].strip_suffix("}}")?)?;
+    Some((via, scan_u64_after(rest, br#","data":{"t":"#)))
 }
 
 /// Feeds every frame of one message to the sink; returns replies and disconnects.

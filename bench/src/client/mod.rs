@@ -129,6 +129,50 @@ impl<'de: 'a, 'a> Deserialize<'de> for Via<'a> {
     }
 }
 
+/// Where the last `needle` in `text` ends. Quotes inside JSON strings are escaped, so a
+/// needle holding a quote can only match structure. The keys the fast event paths look for
+/// sit a few bytes from where the scan starts, so a window scan beats building a substring
+/// searcher per frame.
+pub fn rfind(text: &str, needle: &[u8]) -> Option<usize> {
+    let at = text
+        .as_bytes()
+        .windows(needle.len())
+        .rposition(|w| w == needle)?;
+    Some(at + needle.len())
+}
+
+/// The digits right after the first `key` in `text`, if any.
+pub fn scan_u64_after(text: &str, key: &[u8]) -> Option<u64> {
+    let at = text.as_bytes().windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = &text[at..];
+    digits[..digits.bytes().take_while(u8::is_ascii_digit).count()]
+        .parse()
+        .ok()
+}
+
+/// Reads the inside of a `via` object (`"name":offset,…`) without serde; `None` for anything
+/// else (escaped names, signs, spaces), which then takes the full parse.
+pub fn scan_via(mut text: &str) -> Option<Via<'_>> {
+    let mut via = Vec::with_capacity(1);
+    while !text.is_empty() {
+        let body = text.strip_prefix('"')?;
+        let (name, after) = body.split_at(body.find('"')?);
+        if name.contains('\\') {
+            return None;
+        }
+        let after = after.strip_prefix("\":")?;
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        via.push((name, after[..digits].parse().ok()?));
+        text = &after[digits..];
+        if let Some(more) = text.strip_prefix(',') {
+            text = more;
+        } else if !text.is_empty() {
+            return None;
+        }
+    }
+    Some(Via(via))
+}
+
 /// The harness's event payload: `t` = publish time in µs since the UNIX epoch.
 #[derive(Debug, Deserialize)]
 pub struct Payload {
