@@ -177,8 +177,8 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         warmup: u64,
     },
-    /// The machine's floor for `steady`: raw TCP, one write loop, no protocol (`steady` and
-    /// `all` run it too).
+    /// The machine's floor for `steady`: raw TCP, one write loop per core, no protocol
+    /// (`steady`, `short` and `all` run it too).
     Floor {
         #[command(flatten)]
         load: Steady,
