@@ -15,12 +15,13 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
 
-use crate::net::source_ip;
+use crate::net::{connect_tcp, source_ip};
+use crate::scenario::CpuWindow;
 use crate::stats::{new_histogram, Percentiles};
-use crate::sys::{now_us, proc_cpu, self_cpu};
+use crate::sys::now_us;
 
 /// Bytes per frame: about the size of a `steady` event frame.
 const FRAME: usize = 128;
@@ -151,13 +152,10 @@ async fn measure(plan: Plan) -> anyhow::Result<Floor> {
         .parse()
         .context("floor-server port")?;
     let dst = SocketAddr::V4(SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port));
-    let cpu0 = (proc_cpu(pid), self_cpu());
-    let wall = std::time::Instant::now();
+    let cpu = CpuWindow::start_pid(pid);
     let mut readers = Vec::with_capacity(plan.subscribers);
     for i in 0..plan.subscribers {
-        let socket = TcpSocket::new_v4()?;
-        socket.bind(SocketAddr::V4(SocketAddrV4::new(source_ip(i), 0)))?;
-        let mut stream = socket.connect(dst).await?;
+        let mut stream = connect_tcp(dst, source_ip(i)).await?;
         let events = plan.events;
         readers.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(events as usize);
@@ -179,12 +177,7 @@ async fn measure(plan: Plan) -> anyhow::Result<Floor> {
             latency.saturating_record(us);
         }
     }
-    let wall = wall.elapsed().as_secs_f64().max(1e-9);
-    let server_cpu = match (cpu0.0, proc_cpu(pid)) {
-        (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64(),
-        _ => 0.0,
-    };
-    let harness_cpu = self_cpu().saturating_sub(cpu0.1).as_secs_f64();
+    let used = cpu.used(pid);
     let write_loop: LoopTimes = serde_json::from_str(
         &lines
             .next_line()
@@ -198,8 +191,8 @@ async fn measure(plan: Plan) -> anyhow::Result<Floor> {
         plan,
         latency: Percentiles::of(&latency),
         write_loop,
-        server_cpu_pct: 100.0 * server_cpu / wall,
-        harness_cpu_pct: 100.0 * harness_cpu / wall,
+        server_cpu_pct: 100.0 * used.server_s.unwrap_or(0.0) / used.wall_s,
+        harness_cpu_pct: 100.0 * used.harness_s / used.wall_s,
     })
 }
 

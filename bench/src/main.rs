@@ -111,6 +111,29 @@ struct Steady {
     duration_s: f64,
 }
 
+impl Steady {
+    /// Events in one run: `rate` for `duration_s`, at least one.
+    fn events(&self) -> u64 {
+        (self.rate * self.duration_s).ceil().max(1.0) as u64
+    }
+
+    /// The floor run of the same size and rate.
+    fn floor(&self) -> floor::Plan {
+        floor::Plan {
+            subscribers: self.subscribers,
+            rate: self.rate,
+            events: self.events(),
+        }
+    }
+}
+
+/// `steady` at full size, as `all` runs it.
+const FULL_STEADY: Steady = Steady {
+    subscribers: 1000,
+    rate: 50.0,
+    duration_s: 10.0,
+};
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// One channel, N subscribers, events as fast as they are delivered.
@@ -260,13 +283,13 @@ fn plan(
     }
 }
 
-fn steady_plan(subscribers: usize, rate: f64, duration_s: f64) -> DeliverPlan {
+fn steady_plan(load: Steady) -> DeliverPlan {
     DeliverPlan {
         scenario: "steady",
         shape: Shape::Fanout,
-        subscribers,
-        events: (rate * duration_s).ceil().max(1.0) as u64,
-        rate: Some(rate),
+        subscribers: load.subscribers,
+        events: load.events(),
+        rate: Some(load.rate),
         batch: 1,
         publishers: 1,
         max_inflight: u64::MAX / 4,
@@ -293,13 +316,7 @@ fn jobs(cmd: &Cmd) -> Vec<Job> {
             .iter()
             .map(|&n| Job::Deliver(fanout_plan(n, *events, flow)))
             .collect(),
-        Cmd::Steady { load } => {
-            vec![Job::Deliver(steady_plan(
-                load.subscribers,
-                load.rate,
-                load.duration_s,
-            ))]
-        }
+        Cmd::Steady { load } => vec![Job::Deliver(steady_plan(*load))],
         Cmd::Channels {
             subscribers,
             events,
@@ -358,7 +375,11 @@ fn jobs(cmd: &Cmd) -> Vec<Job> {
         }],
         Cmd::Short => vec![
             Job::Deliver(fanout_plan(200, Some(300), &flow(1))),
-            Job::Deliver(steady_plan(100, 50.0, 2.0)),
+            Job::Deliver(steady_plan(Steady {
+                subscribers: 100,
+                rate: 50.0,
+                duration_s: 2.0,
+            })),
             Job::Deliver(plan("channels", Shape::Channels, 300, 1500, &flow(50))),
             Job::Deliver(plan("users", Shape::Users, 300, 1500, &flow(50))),
             Job::Deliver(plan("broadcast", Shape::Broadcast, 100, 200, &flow(1))),
@@ -373,7 +394,7 @@ fn jobs(cmd: &Cmd) -> Vec<Job> {
         Cmd::All => vec![
             Job::Deliver(fanout_plan(1000, Some(2000), &flow(1))),
             Job::Deliver(fanout_plan(10000, Some(300), &flow(1))),
-            Job::Deliver(steady_plan(1000, 50.0, 10.0)),
+            Job::Deliver(steady_plan(FULL_STEADY)),
             Job::Deliver(plan("channels", Shape::Channels, 5000, 20000, &flow(100))),
             Job::Deliver(plan("users", Shape::Users, 5000, 20000, &flow(100))),
             Job::Deliver(plan("broadcast", Shape::Broadcast, 1000, 1000, &flow(1))),
@@ -392,20 +413,20 @@ fn jobs(cmd: &Cmd) -> Vec<Job> {
 
 /// The floor run that goes with a command, if any: `steady`'s own size and rate.
 fn floor_plan(cmd: &Cmd) -> Option<floor::Plan> {
-    let (subscribers, rate, duration_s) = match cmd {
-        Cmd::Floor { load } | Cmd::Steady { load } => {
-            (load.subscribers, load.rate, load.duration_s)
-        }
-        Cmd::All => (1000, 50.0, 10.0),
+    match cmd {
+        Cmd::Floor { load } | Cmd::Steady { load } => Some(load.floor()),
+        Cmd::All => Some(FULL_STEADY.floor()),
         // Keeps the floor from rotting; its figures mean nothing at this size.
-        Cmd::Short => (50, 50.0, 1.0),
-        _ => return None,
-    };
-    Some(floor::Plan {
-        subscribers,
-        rate,
-        events: (rate * duration_s).ceil().max(1.0) as u64,
-    })
+        Cmd::Short => Some(
+            Steady {
+                subscribers: 50,
+                rate: 50.0,
+                duration_s: 1.0,
+            }
+            .floor(),
+        ),
+        _ => None,
+    }
 }
 
 async fn run_job(ctx: &Ctx, job: &Job) -> RunResult {

@@ -48,6 +48,18 @@ pub fn ws_config(read_buffer: usize) -> WebSocketConfig {
 
 pub type Ws = WebSocketStream<TcpStream>;
 
+/// TCP connect from `src` (port chosen by the kernel) to `dst`, with Nagle off: frames are
+/// small and latency is measured.
+pub async fn connect_tcp(dst: SocketAddr, src: Ipv4Addr) -> Result<TcpStream, NetError> {
+    let tcp = |err| NetError::Tcp { src, dst, err };
+    let sock = TcpSocket::new_v4().map_err(tcp)?;
+    sock.bind(SocketAddr::V4(SocketAddrV4::new(src, 0)))
+        .map_err(tcp)?;
+    let stream = sock.connect(dst).await.map_err(tcp)?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
 /// TCP connect from `src` (port chosen by the kernel) and WebSocket handshake to `url`.
 pub async fn connect_ws(
     url: &str,
@@ -57,15 +69,7 @@ pub async fn connect_ws(
     timeout: Duration,
 ) -> Result<Ws, NetError> {
     let fut = async {
-        let sock = TcpSocket::new_v4().map_err(|err| NetError::Tcp { src, dst, err })?;
-        sock.bind(SocketAddr::V4(SocketAddrV4::new(src, 0)))
-            .map_err(|err| NetError::Tcp { src, dst, err })?;
-        let stream = sock
-            .connect(dst)
-            .await
-            .map_err(|err| NetError::Tcp { src, dst, err })?;
-        // Frames are small and latency is measured: don't let Nagle hold them.
-        let _ = stream.set_nodelay(true);
+        let stream = connect_tcp(dst, src).await?;
         let (ws, _resp) =
             tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config(read_buffer)))
                 .await?;

@@ -211,10 +211,6 @@ impl Server {
         crate::sys::proc_rss_kib(self.pid)
     }
 
-    pub fn cpu(&self) -> Option<Duration> {
-        crate::sys::proc_cpu(self.pid)
-    }
-
     /// Whether the process is still running (a crash under load is a finding).
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -145,28 +145,61 @@ pub struct CpuWindow {
     self0: Duration,
 }
 
+/// Seconds of CPU used over a [`CpuWindow`], and its wall time.
+pub struct CpuUsed {
+    pub server_s: Option<f64>,
+    pub harness_s: f64,
+    pub wall_s: f64,
+}
+
 impl CpuWindow {
     pub fn start(server: &Server) -> Self {
+        Self::start_pid(server.pid)
+    }
+
+    /// A window over the server process `pid` and this process.
+    pub fn start_pid(pid: u32) -> Self {
         CpuWindow {
             start: Instant::now(),
-            server0: server.cpu(),
+            server0: crate::sys::proc_cpu(pid),
             self0: crate::sys::self_cpu(),
+        }
+    }
+
+    /// What the server process `pid` and this process used since the start.
+    pub fn used(&self, pid: u32) -> CpuUsed {
+        CpuUsed {
+            server_s: self
+                .server0
+                .zip(crate::sys::proc_cpu(pid))
+                .map(|(a, b)| b.saturating_sub(a).as_secs_f64()),
+            harness_s: crate::sys::self_cpu()
+                .saturating_sub(self.self0)
+                .as_secs_f64(),
+            wall_s: self.start.elapsed().as_secs_f64().max(1e-9),
         }
     }
 
     /// Adds `server_cpu_pct` and `harness_cpu_pct` (100% = one core busy) for the window.
     pub fn finish(self, server: &Server, r: &mut RunResult) {
-        let wall = self.start.elapsed().as_secs_f64().max(1e-9);
-        if let (Some(a), Some(b)) = (self.server0, server.cpu()) {
-            let s = b.saturating_sub(a).as_secs_f64();
+        let used = self.used(server.pid);
+        if let Some(s) = used.server_s {
             r.fig("server_cpu_s", s, "s", Better::Lower);
-            r.fig("server_cpu_pct", 100.0 * s / wall, "% core", Better::Info);
+            r.fig(
+                "server_cpu_pct",
+                100.0 * s / used.wall_s,
+                "% core",
+                Better::Info,
+            );
         }
-        let h = crate::sys::self_cpu()
-            .saturating_sub(self.self0)
-            .as_secs_f64();
+        let h = used.harness_s;
         r.fig("harness_cpu_s", h, "s", Better::Info);
-        r.fig("harness_cpu_pct", 100.0 * h / wall, "% core", Better::Info);
+        r.fig(
+            "harness_cpu_pct",
+            100.0 * h / used.wall_s,
+            "% core",
+            Better::Info,
+        );
     }
 }
 
