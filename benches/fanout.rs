@@ -2,6 +2,7 @@
 //! - `fanout`: one event published to a channel with 1,000 or 10,000 member connections,
 //!   until every member's outbound queue holds the frame (elements = deliveries);
 //! - `event`: serializing an event once (the shared prefix) and a frame from it (with `via`);
+//! - `compact`: making a payload safe for `\n`-separated frames, compact and pretty-printed;
 //! - `batch`: joining queued frames into one WebSocket message (elements = frames);
 //! - `registry`: a connection joining and leaving a channel that has 10,000 members.
 //!
@@ -17,7 +18,8 @@ use herald::hub::{ChannelRule, EventBody, Hub, HubConfig};
 use herald::metrics::Metrics;
 use herald::pattern::Pattern;
 use herald_connector_api::{
-    ChannelName, ClientSession, Envelope, Gateway, Outbox, PeerInfo, SessionHub,
+    ChannelName, ClientSession, CompactJson, Envelope, Gateway, Outbox, OutboxLimits, PeerInfo,
+    SessionHub,
 };
 use serde_json::value::RawValue;
 
@@ -29,6 +31,7 @@ fn hub() -> Hub {
         client_publish: false,
         join_leave_notices: false,
         history_size: 100,
+        history_max_bytes: 4 << 20,
         history_ttl: Duration::from_secs(3600),
     });
     let config = HubConfig {
@@ -39,10 +42,19 @@ fn hub() -> Hub {
         default_channels: Vec::new(),
         rules: Vec::new(),
         default_rule: rule,
-        client_queue: 1024,
+        outbox: OutboxLimits {
+            frames: 1024,
+            bytes: 4 << 20,
+            backlog_frames: 10_000,
+            backlog_bytes: 16 << 20,
+        },
         max_connections: 1_000_000,
         max_channels_per_connection: 128,
+        max_channels: 1_000_000,
+        max_envelope_targets: 10_000,
+        max_presence_members: 1000,
         dedup_window: Duration::from_secs(60),
+        dedup_max_keys: 100_000,
     };
     Hub::new(config, Arc::new(Metrics::new()))
 }
@@ -98,8 +110,8 @@ fn fan_out(c: &mut Criterion) {
 }
 
 fn event_serialization(c: &mut Criterion) {
-    let data = RawValue::from_string(
-        r#"{"msg":"What is the airspeed velocity of an unladen swallow?","n":42}"#.into(),
+    let data: CompactJson = serde_json::from_str(
+        r#"{"msg":"What is the airspeed velocity of an unladen swallow?","n":42}"#,
     )
     .expect("json");
     let chat = ChannelName::parse("chat").expect("name");
@@ -116,8 +128,28 @@ fn event_serialization(c: &mut Criterion) {
     group.finish();
 }
 
+/// What compacting `data` costs per envelope: nothing to drop (the usual, compact payload),
+/// and a pretty-printed one that must be rewritten.
+fn data_compaction(c: &mut Criterion) {
+    let value = serde_json::json!({
+        "msg": "What is the airspeed velocity of an unladen swallow?",
+        "n": 42, "tags": ["a", "b", "c"], "user": {"id": "auth0|5f7c8ec7", "name": "Arthur"}
+    });
+    let compact = serde_json::to_string(&value).expect("json");
+    let pretty = serde_json::to_string_pretty(&value).expect("json");
+    let mut group = c.benchmark_group("compact");
+    group.throughput(Throughput::Elements(1));
+    for (name, text) in [("already_compact", &compact), ("pretty_printed", &pretty)] {
+        let raw = RawValue::from_string(text.clone()).expect("json");
+        group.bench_function(name, |b| {
+            b.iter_batched(|| raw.clone(), CompactJson::new, BatchSize::SmallInput)
+        });
+    }
+    group.finish();
+}
+
 fn frame_batching(c: &mut Criterion) {
-    let data = RawValue::from_string(r#"{"msg":"hello","n":42}"#.into()).expect("json");
+    let data: CompactJson = serde_json::from_str(r#"{"msg":"hello","n":42}"#).expect("json");
     let chat = ChannelName::parse("chat").expect("name");
     let frame = EventBody::new("MESSAGE:NEW", &data, None).frame([(&chat, 1)]);
     let mut group = c.benchmark_group("batch");
@@ -161,6 +193,6 @@ fn registry_join_leave(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(5));
-    targets = fan_out, event_serialization, frame_batching, registry_join_leave
+    targets = fan_out, event_serialization, data_compaction, frame_batching, registry_join_leave
 }
 criterion_main!(benches);

@@ -121,6 +121,41 @@ pub struct Cli {
     /// Outbound queue per connection in frames; overflow cuts it with 4102 [default: 1024].
     #[arg(long, env = "HERALD_CLIENT_QUEUE", value_name = "FRAMES")]
     pub client_queue: Option<usize>,
+    /// Outbound queue per connection in bytes; overflow cuts it with 4102 [default: 4194304].
+    #[arg(long, env = "HERALD_CLIENT_QUEUE_BYTES", value_name = "BYTES")]
+    pub client_queue_bytes: Option<usize>,
+    /// Most events one connection may have in flight from recoveries (ident, join with since);
+    /// a recovery past it answers recovered:false [default: 10000].
+    #[arg(long, env = "HERALD_RECOVERY_MAX_EVENTS", value_name = "N")]
+    pub recovery_max_events: Option<usize>,
+    /// Most bytes of recovered events in flight per connection [default: 16777216].
+    #[arg(long, env = "HERALD_RECOVERY_MAX_BYTES", value_name = "BYTES")]
+    pub recovery_max_bytes: Option<usize>,
+    /// Bytes of events kept per channel where no [[channels]] rule says otherwise
+    /// [default: 4194304].
+    #[arg(long, env = "HERALD_HISTORY_MAX_BYTES", value_name = "BYTES")]
+    pub history_max_bytes: Option<usize>,
+    /// Most channels (with members or history) held at once; past it, creating one answers
+    /// 4503 / HTTP 503 [default: 1000000].
+    #[arg(long, env = "HERALD_MAX_CHANNELS", value_name = "N")]
+    pub max_channels: Option<usize>,
+    /// Most targets (channels + users + broadcast) one envelope may name [default: 10000].
+    #[arg(long, env = "HERALD_MAX_ENVELOPE_TARGETS", value_name = "N")]
+    pub max_envelope_targets: Option<usize>,
+    /// Most members a client's presence reply lists (`total` gives the count) [default: 1000].
+    #[arg(long, env = "HERALD_MAX_PRESENCE_MEMBERS", value_name = "N")]
+    pub max_presence_members: Option<usize>,
+    /// Most idempotency keys remembered at once; a new key past it is answered 503
+    /// [default: 100000].
+    #[arg(long, env = "HERALD_DEDUP_MAX_KEYS", value_name = "N")]
+    pub dedup_max_keys: Option<usize>,
+    /// Largest HTTP request body in bytes; larger is answered 413 [default: 1048576].
+    #[arg(long, env = "HERALD_MAX_BODY_SIZE", value_name = "BYTES")]
+    pub max_body_size: Option<usize>,
+    /// How long a new TCP connection may take to send its first request's headers
+    /// [default: 10s].
+    #[arg(long, env = "HERALD_HEADER_TIMEOUT", value_name = "DURATION")]
+    pub header_timeout: Option<String>,
     /// Most open client connections [default: 100000].
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
@@ -186,6 +221,16 @@ struct FileConfig {
     idle_timeout: Option<String>,
     max_message_size: Option<usize>,
     client_queue: Option<usize>,
+    client_queue_bytes: Option<usize>,
+    recovery_max_events: Option<usize>,
+    recovery_max_bytes: Option<usize>,
+    history_max_bytes: Option<usize>,
+    max_channels: Option<usize>,
+    max_envelope_targets: Option<usize>,
+    max_presence_members: Option<usize>,
+    dedup_max_keys: Option<usize>,
+    max_body_size: Option<usize>,
+    header_timeout: Option<String>,
     max_connections: Option<usize>,
     max_channels_per_connection: Option<usize>,
     dedup_window: Option<String>,
@@ -224,6 +269,7 @@ struct FileChannelRule {
     #[serde(default)]
     join_leave_notices: bool,
     history_size: Option<usize>,
+    history_max_bytes: Option<usize>,
     history_ttl: Option<String>,
 }
 
@@ -302,6 +348,24 @@ pub struct Config {
     pub max_message_size: usize,
     /// Outbound queue per connection, in frames.
     pub client_queue: usize,
+    /// Outbound queue per connection, in bytes.
+    pub client_queue_bytes: usize,
+    /// Recovered events in flight per connection.
+    pub recovery_max_events: usize,
+    /// Bytes of recovered events in flight per connection.
+    pub recovery_max_bytes: usize,
+    /// Most channels held at once.
+    pub max_channels: usize,
+    /// Most targets of one envelope.
+    pub max_envelope_targets: usize,
+    /// Most members in a client's presence reply.
+    pub max_presence_members: usize,
+    /// Most idempotency keys remembered.
+    pub dedup_max_keys: usize,
+    /// Largest HTTP request body.
+    pub max_body_size: usize,
+    /// Deadline for a new connection's first request headers.
+    pub header_timeout: Duration,
     /// Most open connections.
     pub max_connections: usize,
     /// Most ordinary channels per connection.
@@ -482,12 +546,18 @@ impl Config {
         };
 
         let history_size = cli.history_size.or(file.history_size).unwrap_or(1000);
+        let history_max_bytes = p.positive(
+            "history_max_bytes",
+            cli.history_max_bytes.or(file.history_max_bytes),
+            4 << 20,
+        );
         let history_ttl = p.duration("history_ttl", cli.history_ttl.or(file.history_ttl), "24h");
         let default_rule = Arc::new(ChannelRule {
             pattern: Pattern::new("*"),
             client_publish: false,
             join_leave_notices: false,
             history_size,
+            history_max_bytes,
             history_ttl,
         });
         let channel_rules = file
@@ -507,6 +577,11 @@ impl Config {
                     client_publish: rule.client_publish,
                     join_leave_notices: rule.join_leave_notices,
                     history_size: rule.history_size.unwrap_or(history_size),
+                    history_max_bytes: p.positive(
+                        &format!("channels[{i}].history_max_bytes"),
+                        rule.history_max_bytes,
+                        history_max_bytes,
+                    ),
                     history_ttl: ttl,
                 })
             })
@@ -557,6 +632,51 @@ impl Config {
                 65536,
             ),
             client_queue: p.positive("client_queue", cli.client_queue.or(file.client_queue), 1024),
+            client_queue_bytes: p.positive(
+                "client_queue_bytes",
+                cli.client_queue_bytes.or(file.client_queue_bytes),
+                4 << 20,
+            ),
+            recovery_max_events: p.positive(
+                "recovery_max_events",
+                cli.recovery_max_events.or(file.recovery_max_events),
+                10_000,
+            ),
+            recovery_max_bytes: p.positive(
+                "recovery_max_bytes",
+                cli.recovery_max_bytes.or(file.recovery_max_bytes),
+                16 << 20,
+            ),
+            max_channels: p.positive(
+                "max_channels",
+                cli.max_channels.or(file.max_channels),
+                1_000_000,
+            ),
+            max_envelope_targets: p.positive(
+                "max_envelope_targets",
+                cli.max_envelope_targets.or(file.max_envelope_targets),
+                10_000,
+            ),
+            max_presence_members: p.positive(
+                "max_presence_members",
+                cli.max_presence_members.or(file.max_presence_members),
+                1000,
+            ),
+            dedup_max_keys: p.positive(
+                "dedup_max_keys",
+                cli.dedup_max_keys.or(file.dedup_max_keys),
+                100_000,
+            ),
+            max_body_size: p.positive(
+                "max_body_size",
+                cli.max_body_size.or(file.max_body_size),
+                1 << 20,
+            ),
+            header_timeout: p.duration(
+                "header_timeout",
+                cli.header_timeout.or(file.header_timeout),
+                "10s",
+            ),
             max_connections: p.positive(
                 "max_connections",
                 cli.max_connections.or(file.max_connections),

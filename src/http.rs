@@ -113,12 +113,32 @@ pub fn app(
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(Probes { metrics, ready });
+        .with_state(Probes {
+            metrics: metrics.clone(),
+            ready,
+        });
     Router::new()
         .merge(probes)
         .merge(api)
         .merge(transports)
+        .layer(middleware::from_fn_with_state(
+            metrics,
+            count_oversized_bodies,
+        ))
         .layer(cors)
+}
+
+/// Counts requests refused for their size (`max_body_size`), whichever router refused them.
+async fn count_oversized_bodies(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(request).await;
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        metrics.limit_hit("max_body_size");
+    }
+    response
 }
 
 async fn check_origin(

@@ -11,9 +11,11 @@
 //! - [`auth`]: JWT verification; [`pattern`]: `*` globs for channel rules and token scopes.
 //! - [`http`]: the one HTTP(S) app: routers merged, CORS, Origin checks, probes.
 //! - [`tls`]: rustls server config from files or a self-signed certificate.
+//! - [`accept`]: the first-byte deadline every new connection passes.
 //! - [`metrics`]: Prometheus counters.
 //! - [`run`]: wires it all up and runs until shutdown; `main` and the tests both call it.
 
+pub mod accept;
 pub mod auth;
 pub mod config;
 pub mod http;
@@ -25,6 +27,8 @@ pub mod tls;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+
+use crate::accept::FirstByteDeadline;
 
 use herald_connector_http::ApiState;
 use herald_connector_ws::{WsConfig, WsState};
@@ -42,9 +46,6 @@ use crate::metrics::Metrics;
 /// overflows when thousands of clients reconnect at once, and each dropped SYN costs the
 /// client a one-second retransmit; the kernel caps this at `net.core.somaxconn`.
 const LISTEN_BACKLOG: u32 = 4096;
-
-/// How long the HTTP server may take to read a request's headers (slowloris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why Herald could not run.
 #[derive(Debug, thiserror::Error)]
@@ -163,10 +164,19 @@ pub fn prepare(config: Config, listener: std::net::TcpListener) -> Result<Prepar
             default_channels: config.default_channels.clone(),
             rules: config.channel_rules.clone(),
             default_rule: config.default_rule.clone(),
-            client_queue: config.client_queue,
+            outbox: herald_connector_api::OutboxLimits {
+                frames: config.client_queue,
+                bytes: config.client_queue_bytes,
+                backlog_frames: config.recovery_max_events,
+                backlog_bytes: config.recovery_max_bytes,
+            },
             max_connections: config.max_connections,
             max_channels_per_connection: config.max_channels_per_connection,
+            max_channels: config.max_channels,
+            max_envelope_targets: config.max_envelope_targets,
+            max_presence_members: config.max_presence_members,
             dedup_window: config.dedup_window,
+            dedup_max_keys: config.dedup_max_keys,
         },
         metrics.clone(),
     );
@@ -175,6 +185,7 @@ pub fn prepare(config: Config, listener: std::net::TcpListener) -> Result<Prepar
     let api = herald_connector_http::routes(ApiState {
         gateway: Arc::new(hub.clone()),
         api_key: api_key.0.clone(),
+        max_body_size: config.max_body_size,
     });
     let ws = herald_connector_ws::routes(WsState {
         hub: Arc::new(hub.clone()),
@@ -238,15 +249,18 @@ impl Prepared {
         // Events are small frames written as they happen: with Nagle's algorithm on, one
         // waits for the ACK of the previous, which the client may delay by up to 40 ms.
         let nodelay = axum_server::accept::NoDelayAcceptor::new();
-        let server = match tls {
+        let header_timeout = config.header_timeout;
+        let mut server = match tls {
             Some(tls) => {
                 let rustls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
-                let server = server.acceptor(
-                    axum_server::tls_rustls::RustlsAcceptor::new(rustls).acceptor(nodelay),
-                );
-                tokio::spawn(with_header_timeout(server).serve(service))
+                let tls = axum_server::tls_rustls::RustlsAcceptor::new(rustls).acceptor(nodelay);
+                let server = server.acceptor(FirstByteDeadline::new(tls, header_timeout));
+                tokio::spawn(with_header_timeout(server, header_timeout).serve(service))
             }
-            None => tokio::spawn(with_header_timeout(server.acceptor(nodelay)).serve(service)),
+            None => {
+                let server = server.acceptor(FirstByteDeadline::new(nodelay, header_timeout));
+                tokio::spawn(with_header_timeout(server, header_timeout).serve(service))
+            }
         };
         ready.set(true);
         let scheme = if config.tls.is_some() {
@@ -258,7 +272,7 @@ impl Prepared {
 
         let server_failed = tokio::select! {
             () = shutdown => None,
-            result = server => Some(result),
+            result = &mut server => Some(result),
         };
         if let Some(result) = server_failed {
             // The server stopped on its own: that is a listener failure, not a shutdown.
@@ -288,6 +302,14 @@ impl Prepared {
                 "connections did not close within shutdown_grace"
             );
         }
+        // In-flight HTTP requests (a publish half-way through its body) get their answer
+        // before the process goes.
+        if tokio::time::timeout(config.shutdown_grace, &mut server)
+            .await
+            .is_err()
+        {
+            tracing::error!("HTTP requests did not finish within shutdown_grace");
+        }
         tracing::info!("stopped");
         Ok(())
     }
@@ -297,11 +319,12 @@ impl Prepared {
 /// `serve` sets no such timer.
 fn with_header_timeout<A: axum_server::Address, Acc>(
     mut server: axum_server::Server<A, Acc>,
+    timeout: Duration,
 ) -> axum_server::Server<A, Acc> {
     server
         .http_builder()
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(timeout);
     server
 }

@@ -1,11 +1,15 @@
-//! Prometheus metrics: connections, events in and out, slow-consumer cuts.
+//! Prometheus metrics: connections, events in and out, slow-consumer cuts, bounds hit.
 
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+/// The label set of [`Metrics::limit_hits`]: `limit` = the config key of the bound.
+type LimitLabel = [(&'static str, &'static str); 1];
 
 /// Counters shared by the hub and the HTTP layer; updating one is a relaxed atomic add.
 pub struct Metrics {
@@ -26,6 +30,10 @@ pub struct Metrics {
     pub recoveries_ok: Counter<u64, AtomicU64>,
     /// Recoveries that could not (epoch changed or events left history).
     pub recoveries_failed: Counter<u64, AtomicU64>,
+    /// Recoveries refused because the missed events exceed the recovery budget.
+    pub recoveries_too_large: Counter<u64, AtomicU64>,
+    /// Times a configured bound was hit, by the bound's config key.
+    limit_hits: Family<LimitLabel, Counter<u64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -47,6 +55,8 @@ impl Metrics {
             duplicates_suppressed: Counter::default(),
             recoveries_ok: Counter::default(),
             recoveries_failed: Counter::default(),
+            recoveries_too_large: Counter::default(),
+            limit_hits: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -89,7 +99,22 @@ impl Metrics {
             "Recoveries that could not be made",
             m.recoveries_failed.clone(),
         );
+        registry.register(
+            "recoveries_too_large",
+            "Recoveries refused because the missed events exceed the recovery budget",
+            m.recoveries_too_large.clone(),
+        );
+        registry.register(
+            "limit_hits",
+            "Times a configured bound was hit, by config key",
+            m.limit_hits.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// Counts one hit of the bound named by its config key (`max_channels`, …).
+    pub fn limit_hit(&self, key: &'static str) {
+        self.limit_hits.get_or_create(&[("limit", key)]).inc();
     }
 
     /// The Prometheus text exposition of every metric.

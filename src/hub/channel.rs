@@ -1,10 +1,11 @@
 //! One channel: its members, its history ring and its (epoch, offset) position.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use herald_connector_api::{ChannelName, Member};
+use bytes::Bytes;
+use herald_connector_api::{ChannelName, Member, Since};
 use indexmap::IndexMap;
 use rand::distr::{Alphanumeric, SampleString};
 
@@ -26,6 +27,8 @@ pub struct ChannelRule {
     pub join_leave_notices: bool,
     /// Events kept per channel.
     pub history_size: usize,
+    /// Bytes of events kept per channel (the newest event is kept whatever its size).
+    pub history_max_bytes: usize,
     /// How long an event stays in history.
     pub history_ttl: Duration,
 }
@@ -37,14 +40,17 @@ pub struct Stored {
     at: Instant,
     /// The event itself, shared with the other channels it was published to.
     pub event: Arc<EventBody>,
+    /// The event's frame as this channel alone delivers it (`via` this channel), built once
+    /// and then shared by every recovery and history read.
+    frame: OnceLock<Bytes>,
 }
 
-/// What a read of history after a position found.
-pub struct Recovery<'a> {
-    /// The events after the position, oldest first.
-    pub events: Vec<&'a Stored>,
-    /// Whether those are all the events after the position.
-    pub recovered: bool,
+impl Stored {
+    /// The event frame with `via` = this channel only.
+    pub fn frame(&self, channel: &ChannelName) -> &Bytes {
+        self.frame
+            .get_or_init(|| self.event.frame([(channel, self.offset)]))
+    }
 }
 
 /// A channel's state; lives behind its own mutex so channels never contend with each other.
@@ -58,7 +64,10 @@ pub struct Channel {
     /// Offset of the newest event (0 before the first).
     pub last_offset: u64,
     history: VecDeque<Stored>,
-    /// Member connections by key; an `IndexMap` so fan-out iterates a dense array.
+    /// What the events in `history` weigh, as [`EventBody::weight`] counts it.
+    history_bytes: usize,
+    /// Member connections by key; an `IndexMap` so fan-out iterates a dense array. The
+    /// broadcast channel has none: its members are every identified connection.
     pub members: IndexMap<u64, Arc<Conn>>,
     /// Set when the sweeper dropped this channel from the table: whoever still holds it must
     /// look the name up again, or it would join a channel nobody publishes to.
@@ -74,25 +83,50 @@ impl Channel {
             epoch: Arc::from(Alphanumeric.sample_string(&mut rand::rng(), EPOCH_LEN)),
             last_offset: 0,
             history: VecDeque::new(),
+            history_bytes: 0,
             members: IndexMap::new(),
             removed: false,
         }
     }
 
-    /// Appends an event and returns its offset.
-    pub fn append(&mut self, event: Arc<EventBody>, now: Instant) -> u64 {
+    /// Appends an event and returns its offset, and how many old events left history to
+    /// keep it within `history_max_bytes` (the count bound drops them too, but that is the
+    /// ring working as configured, not a bound hit).
+    pub fn append(&mut self, event: Arc<EventBody>, now: Instant) -> (u64, usize) {
         self.last_offset += 1;
-        if self.rule.history_size > 0 {
-            if self.history.len() >= self.rule.history_size {
-                self.history.pop_front();
-            }
-            self.history.push_back(Stored {
-                offset: self.last_offset,
-                at: now,
-                event,
-            });
+        if self.rule.history_size == 0 {
+            return (self.last_offset, 0);
         }
-        self.last_offset
+        self.history_bytes += event.weight();
+        self.history.push_back(Stored {
+            offset: self.last_offset,
+            at: now,
+            event,
+            frame: OnceLock::new(),
+        });
+        if self.history.len() > self.rule.history_size {
+            self.pop_oldest();
+        }
+        let mut trimmed = 0;
+        while self.history_bytes > self.rule.history_max_bytes && self.history.len() > 1 {
+            self.pop_oldest();
+            trimmed += 1;
+        }
+        (self.last_offset, trimmed)
+    }
+
+    /// The single-channel frame of the newest event, if it is `offset` and still in history.
+    pub fn newest_frame(&self, offset: u64) -> Option<&Bytes> {
+        self.history
+            .back()
+            .filter(|s| s.offset == offset)
+            .map(|s| s.frame(&self.name))
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some(old) = self.history.pop_front() {
+            self.history_bytes -= old.event.weight();
+        }
     }
 
     /// Drops events older than the history TTL.
@@ -101,44 +135,37 @@ impl Channel {
             if now.duration_since(front.at) <= self.rule.history_ttl {
                 break;
             }
-            self.history.pop_front();
+            self.pop_oldest();
         }
     }
 
-    /// Everything after `offset` in `epoch` (`None`: the current epoch), if history still
-    /// holds all of it.
-    pub fn after(&mut self, offset: u64, epoch: Option<&str>, now: Instant) -> Recovery<'_> {
-        self.expire(now);
-        let fail = Recovery {
-            events: Vec::new(),
-            recovered: false,
+    /// Every stored event after `since`, oldest first, if history can prove that these are
+    /// all of them: the epoch matches and nothing after the position has left history. A
+    /// position without an epoch proves nothing unless it is offset 0 ("I saw nothing"), since
+    /// the same offset names another event in another epoch. Call [`Self::expire`] first.
+    pub fn after(&self, since: &Since) -> Option<impl Iterator<Item = &Stored> + Clone> {
+        let epoch_ok = match &since.epoch {
+            Some(epoch) => **epoch == *self.epoch,
+            None => since.offset == 0,
         };
-        if epoch.is_some_and(|e| e != &*self.epoch) || offset > self.last_offset {
-            return fail;
+        if !epoch_ok || since.offset > self.last_offset {
+            return None;
         }
-        if offset == self.last_offset {
-            return Recovery {
-                events: Vec::new(),
-                recovered: true,
-            };
+        let first_kept = self
+            .history
+            .front()
+            .map_or(self.last_offset + 1, |s| s.offset);
+        if first_kept > since.offset + 1 {
+            return None;
         }
-        match self.history.front() {
-            Some(first) if first.offset <= offset + 1 => {
-                let skip = (offset + 1 - first.offset) as usize;
-                Recovery {
-                    events: self.history.iter().skip(skip).collect(),
-                    recovered: true,
-                }
-            }
-            _ => fail,
-        }
+        let skip = usize::try_from(since.offset + 1 - first_kept).unwrap_or(usize::MAX);
+        Some(self.history.iter().skip(skip))
     }
 
-    /// The newest `limit` events, oldest first.
-    pub fn latest(&mut self, limit: usize, now: Instant) -> Vec<&Stored> {
-        self.expire(now);
+    /// The newest `limit` events, oldest first. Call [`Self::expire`] first.
+    pub fn latest(&self, limit: usize) -> impl Iterator<Item = &Stored> + Clone {
         let skip = self.history.len().saturating_sub(limit);
-        self.history.iter().skip(skip).collect()
+        self.history.iter().skip(skip)
     }
 
     /// Whether the channel holds nothing worth keeping: no members and no live history.
@@ -147,10 +174,11 @@ impl Channel {
         self.members.is_empty() && self.history.is_empty()
     }
 
-    /// The members as the API lists them.
-    pub fn member_list(&self) -> Vec<Member> {
+    /// Up to `limit` members as the API lists them.
+    pub fn member_list(&self, limit: usize) -> Vec<Member> {
         self.members
             .values()
+            .take(limit)
             .map(|c| Member {
                 user: c.user().to_owned(),
                 conn: c.id.to_string(),
@@ -162,14 +190,14 @@ impl Channel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::value::RawValue;
 
-    fn channel(size: usize, ttl: Duration) -> Channel {
+    fn channel(size: usize, max_bytes: usize, ttl: Duration) -> Channel {
         let rule = ChannelRule {
             pattern: Pattern::new("*"),
             client_publish: false,
             join_leave_notices: false,
             history_size: size,
+            history_max_bytes: max_bytes,
             history_ttl: ttl,
         };
         Channel::new(ChannelName::parse("c").unwrap(), Arc::new(rule))
@@ -178,58 +206,96 @@ mod tests {
     fn event() -> Arc<EventBody> {
         Arc::new(EventBody::new(
             "e",
-            &RawValue::from_string("1".into()).unwrap(),
+            &herald_connector_api::CompactJson::null(),
             None,
         ))
+    }
+
+    fn since(offset: u64, epoch: Option<&str>) -> Since {
+        Since {
+            offset,
+            epoch: epoch.map(str::to_owned),
+        }
+    }
+
+    fn offsets<'a>(found: Option<impl Iterator<Item = &'a Stored>>) -> Option<Vec<u64>> {
+        found.map(|events| events.map(|s| s.offset).collect())
     }
 
     #[test]
     fn recovers_within_history_only() {
         let now = Instant::now();
-        let mut ch = channel(3, Duration::from_secs(60));
+        let mut ch = channel(3, usize::MAX, Duration::from_secs(60));
         for _ in 0..5 {
             ch.append(event(), now);
         }
         let epoch = ch.epoch.to_string();
-        let offsets = |r: Recovery<'_>| {
-            (
-                r.recovered,
-                r.events.iter().map(|s| s.offset).collect::<Vec<_>>(),
-            )
-        };
+        let e = Some(epoch.as_str());
+        assert_eq!(offsets(ch.after(&since(2, e))), Some(vec![3, 4, 5]));
+        assert_eq!(offsets(ch.after(&since(4, e))), Some(vec![5]));
+        assert_eq!(offsets(ch.after(&since(5, e))), Some(vec![]));
         assert_eq!(
-            offsets(ch.after(2, Some(&epoch), now)),
-            (true, vec![3, 4, 5])
-        );
-        assert_eq!(offsets(ch.after(4, Some(&epoch), now)), (true, vec![5]));
-        assert_eq!(offsets(ch.after(5, Some(&epoch), now)), (true, vec![]));
-        assert_eq!(
-            offsets(ch.after(1, Some(&epoch), now)),
-            (false, vec![]),
+            offsets(ch.after(&since(1, e))),
+            None,
             "offset 2 left history"
         );
-        assert_eq!(offsets(ch.after(6, Some(&epoch), now)), (false, vec![]));
-        assert_eq!(offsets(ch.after(3, Some("other"), now)), (false, vec![]));
-        assert_eq!(offsets(ch.after(3, None, now)), (true, vec![4, 5]));
+        assert_eq!(offsets(ch.after(&since(6, e))), None);
+        assert_eq!(offsets(ch.after(&since(3, Some("other")))), None);
         assert_eq!(
-            ch.latest(2, now)
-                .iter()
-                .map(|s| s.offset)
-                .collect::<Vec<_>>(),
+            ch.latest(2).map(|s| s.offset).collect::<Vec<_>>(),
             vec![4, 5]
+        );
+    }
+
+    #[test]
+    fn a_position_without_an_epoch_proves_nothing_but_a_fresh_start() {
+        let now = Instant::now();
+        let mut ch = channel(10, usize::MAX, Duration::from_secs(60));
+        for _ in 0..5 {
+            ch.append(event(), now);
+        }
+        assert_eq!(offsets(ch.after(&since(3, None))), None);
+        assert_eq!(offsets(ch.after(&since(5, None))), None);
+        assert_eq!(
+            offsets(ch.after(&since(0, None))),
+            Some(vec![1, 2, 3, 4, 5])
+        );
+    }
+
+    #[test]
+    fn history_is_bounded_in_bytes() {
+        let now = Instant::now();
+        let weight = event().weight();
+        let mut ch = channel(100, weight * 3, Duration::from_secs(60));
+        for _ in 0..10 {
+            ch.append(event(), now);
+        }
+        assert_eq!(
+            ch.latest(100).map(|s| s.offset).collect::<Vec<_>>(),
+            [8, 9, 10]
+        );
+        let mut tiny = channel(100, 1, Duration::from_secs(60));
+        tiny.append(event(), now);
+        tiny.append(event(), now);
+        assert_eq!(
+            tiny.latest(100).map(|s| s.offset).collect::<Vec<_>>(),
+            [2],
+            "the newest event is kept whatever its size"
         );
     }
 
     #[test]
     fn history_expires_by_age() {
         let start = Instant::now();
-        let mut ch = channel(10, Duration::from_secs(1));
+        let mut ch = channel(10, usize::MAX, Duration::from_secs(1));
         ch.append(event(), start);
         ch.append(event(), start + Duration::from_secs(2));
         let later = start + Duration::from_millis(2500);
-        assert_eq!(ch.latest(10, later).len(), 1);
-        assert!(!ch.after(0, None, later).recovered);
-        assert!(ch.after(1, None, later).recovered);
+        ch.expire(later);
+        assert_eq!(ch.latest(10).count(), 1);
+        let epoch = ch.epoch.to_string();
+        assert!(ch.after(&since(0, Some(&epoch))).is_none());
+        assert!(ch.after(&since(1, Some(&epoch))).is_some());
         assert!(!ch.is_idle(later));
         assert!(ch.is_idle(start + Duration::from_secs(10)));
     }

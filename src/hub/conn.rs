@@ -1,10 +1,13 @@
 //! One client connection as the hub sees it: identity, joined channels and outbound queue.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use herald_connector_api::{outbox, ChannelName, Disconnect, FrameSender, Outbox, QueueError};
+use herald_connector_api::{
+    outbox, BacklogRoom, ChannelName, Disconnect, FrameSender, Outbox, OutboxLimits, QueueError,
+};
 use parking_lot::Mutex;
 
 use crate::auth::Identity;
@@ -14,8 +17,12 @@ use crate::auth::Identity;
 pub enum Queued {
     /// In the queue.
     Yes,
-    /// The queue was full: the connection is now being cut with 4102.
-    Overflowed,
+    /// The queue was full (`bytes`: by its byte bound): the connection is now being cut with
+    /// 4102.
+    Overflowed {
+        /// Whether the byte bound (not the frame bound) was hit.
+        bytes: bool,
+    },
     /// The connection is already gone.
     Gone,
 }
@@ -28,20 +35,24 @@ pub struct Conn {
     pub id: Arc<str>,
     /// Set once, at a successful `ident`.
     pub identity: OnceLock<Identity>,
-    /// Every channel this connection is a member of, so it can leave them all on close.
+    /// Every channel this connection is a member of, so it can leave them all on close. The
+    /// broadcast channel is not among them: its membership is [`Self::in_broadcast`].
     pub channels: Mutex<HashSet<ChannelName>>,
+    /// Set once the `ident` reply is queued: from then on broadcasts reach this connection.
+    in_broadcast: AtomicBool,
     frames_tx: FrameSender,
 }
 
 impl Conn {
-    /// A connection with an outbox of `capacity` frames, and the outbox for its transport.
-    pub fn new(key: u64, id: Arc<str>, capacity: usize) -> (Arc<Self>, Outbox) {
-        let (frames_tx, outbox) = outbox(capacity);
+    /// A connection with an outbox bounded by `limits`, and the outbox for its transport.
+    pub fn new(key: u64, id: Arc<str>, limits: OutboxLimits) -> (Arc<Self>, Outbox) {
+        let (frames_tx, outbox) = outbox(limits);
         let conn = Self {
             key,
             id,
             identity: OnceLock::new(),
             channels: Mutex::new(HashSet::new()),
+            in_broadcast: AtomicBool::new(false),
             frames_tx,
         };
         (Arc::new(conn), outbox)
@@ -50,6 +61,17 @@ impl Conn {
     /// The user id, once identified (empty for anonymous).
     pub fn user(&self) -> &str {
         self.identity.get().map_or("", |id| &id.user)
+    }
+
+    /// Whether broadcasts reach this connection.
+    pub fn in_broadcast(&self) -> bool {
+        self.in_broadcast.load(Ordering::Acquire)
+    }
+
+    /// Lets broadcasts reach this connection; the caller holds the broadcast channel's lock,
+    /// so no broadcast is half-way through the registry meanwhile.
+    pub fn join_broadcast(&self) {
+        self.in_broadcast.store(true, Ordering::Release);
     }
 
     /// Ends the connection unless it is ending already; returns whether this call ended it.
@@ -68,18 +90,32 @@ impl Conn {
     pub fn queue(&self, frame: Bytes) -> Queued {
         match self.frames_tx.try_send(frame) {
             Ok(()) => Queued::Yes,
-            Err(QueueError::Full) => {
+            Err(full @ (QueueError::FullFrames | QueueError::FullBytes)) => {
                 if self.end(Disconnect::new(
                     4102,
                     "too slow: outbound queue overflowed",
                     true,
                 )) {
-                    Queued::Overflowed
+                    Queued::Overflowed {
+                        bytes: full == QueueError::FullBytes,
+                    }
                 } else {
                     Queued::Gone
                 }
             }
             Err(QueueError::Closed) => Queued::Gone,
         }
+    }
+
+    /// What the recovery lane of the outbox still takes.
+    pub fn backlog_room(&self) -> BacklogRoom {
+        self.frames_tx.backlog_room()
+    }
+
+    /// Queues a reply and the events a recovery replays, together and in order; the caller
+    /// checked [`Self::backlog_room`].
+    pub fn queue_backlog(&self, frames: Vec<Bytes>) {
+        // Closed means the connection is gone; nothing is owed to it.
+        let _ = self.frames_tx.send_backlog(frames);
     }
 }

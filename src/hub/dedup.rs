@@ -15,6 +15,8 @@ pub enum Claim {
     Seen(Published),
     /// First time: publish, then [`Pending::finish`].
     Fresh(Pending),
+    /// A new key, but the window holds its most keys already.
+    Full,
 }
 
 /// Held while the first publish of a key runs; a concurrent duplicate waits on it.
@@ -27,17 +29,19 @@ impl Pending {
     }
 }
 
-/// Keys seen within the window, with the result of their publish.
+/// Keys seen within the window, with the result of their publish; at most `max_keys`.
 pub struct Dedup {
     window: Duration,
+    max_keys: usize,
     seen: Mutex<HashMap<String, (Instant, Slot)>>,
 }
 
 impl Dedup {
-    /// An empty window of the given length.
-    pub fn new(window: Duration) -> Self {
+    /// An empty window of the given length, holding at most `max_keys` keys.
+    pub fn new(window: Duration, max_keys: usize) -> Self {
         Self {
             window,
+            max_keys,
             seen: Mutex::new(HashMap::new()),
         }
     }
@@ -49,6 +53,9 @@ impl Dedup {
                 let mut seen = self.seen.lock();
                 match seen.get(key) {
                     Some((at, slot)) if now.duration_since(*at) <= self.window => slot.clone(),
+                    // Refused rather than evicting a live key: eviction would let a retry
+                    // through twice, refusal only asks the publisher to retry later.
+                    None if seen.len() >= self.max_keys => return Claim::Full,
                     _ => {
                         let slot: Slot = Arc::default();
                         // Locked before it is visible to others, so a duplicate waits for us.
@@ -91,7 +98,7 @@ mod tests {
 
     #[test]
     fn second_claim_sees_the_first_result() {
-        let dedup = Dedup::new(Duration::from_secs(60));
+        let dedup = Dedup::new(Duration::from_secs(60), 10);
         let now = Instant::now();
         let Claim::Fresh(p) = dedup.claim("k", now) else {
             panic!("fresh")
@@ -107,12 +114,34 @@ mod tests {
 
     #[test]
     fn a_failed_first_publish_frees_the_key() {
-        let dedup = Dedup::new(Duration::from_secs(60));
+        let dedup = Dedup::new(Duration::from_secs(60), 10);
         let now = Instant::now();
         let Claim::Fresh(p) = dedup.claim("k", now) else {
             panic!("fresh")
         };
         p.finish(None);
         assert!(matches!(dedup.claim("k", now), Claim::Fresh(_)));
+    }
+
+    #[test]
+    fn the_window_holds_at_most_max_keys() {
+        let dedup = Dedup::new(Duration::from_secs(60), 2);
+        let now = Instant::now();
+        for key in ["a", "b"] {
+            let Claim::Fresh(p) = dedup.claim(key, now) else {
+                panic!("fresh")
+            };
+            p.finish(Some(&published(key)));
+        }
+        assert!(matches!(dedup.claim("c", now), Claim::Full));
+        assert!(
+            matches!(dedup.claim("a", now), Claim::Seen(p) if p.id == "a"),
+            "known keys are still answered"
+        );
+        dedup.expire(now + Duration::from_secs(61));
+        assert!(matches!(
+            dedup.claim("c", now + Duration::from_secs(61)),
+            Claim::Fresh(_)
+        ));
     }
 }

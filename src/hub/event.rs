@@ -3,8 +3,10 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use herald_connector_api::ChannelName;
-use serde_json::value::RawValue;
+use herald_connector_api::{ChannelName, CompactJson};
+
+/// Bytes reserved for a frame's `via` and closing braces: one channel name and offset.
+const VIA_ALLOWANCE: usize = 48;
 
 /// Who published an event from a client connection.
 #[derive(Debug, Clone, Copy)]
@@ -25,8 +27,9 @@ pub struct EventBody {
 }
 
 impl EventBody {
-    /// Serializes an event once; `data` is copied as the JSON text it arrived in.
-    pub fn new(event: &str, data: &RawValue, from: Option<From<'_>>) -> Self {
+    /// Serializes an event once; `data` is copied as its compact JSON text, so the frame is one
+    /// line whatever the payload's formatting was.
+    pub fn new(event: &str, data: &CompactJson, from: Option<From<'_>>) -> Self {
         let id = uuid::Uuid::now_v7().to_string();
         let ts = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -53,9 +56,14 @@ impl EventBody {
         }
     }
 
+    /// What this event weighs in a history, in bytes: its shared text plus a frame's `via`.
+    pub fn weight(&self) -> usize {
+        self.prefix.len() + VIA_ALLOWANCE
+    }
+
     /// The complete event frame for a recipient that matched through `via`.
     pub fn frame<'a>(&self, via: impl IntoIterator<Item = (&'a ChannelName, u64)>) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.prefix.len() + 48);
+        let mut out = BytesMut::with_capacity(self.prefix.len() + VIA_ALLOWANCE);
         out.put_slice(&self.prefix);
         out.put_slice(br#","via":{"#);
         for (i, (channel, offset)) in via.into_iter().enumerate() {
@@ -84,7 +92,7 @@ mod tests {
 
     #[test]
     fn frame_is_valid_json_with_via() {
-        let data = RawValue::from_string(r#"{"msg":"hi \"there\""}"#.into()).unwrap();
+        let data: CompactJson = serde_json::from_str("{\"msg\": \"hi \\\"there\\\"\"}").unwrap();
         let body = EventBody::new(
             "MESSAGE:\"NEW\"",
             &data,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use herald_connector_api::ChannelName;
+use herald_connector_api::{AtCapacity, ChannelName};
 use smallvec::SmallVec;
 
 use super::conn::Conn;
@@ -51,55 +51,83 @@ impl<'a> Skip<'a> {
 impl Hub {
     /// Appends `body` to every target's history and queues it to every matching connection.
     /// Returns the offset it got in each target.
+    ///
+    /// # Errors
+    /// [`AtCapacity`] when a target channel would have to be created past `max_channels`;
+    /// nothing is delivered then.
     pub(super) fn fan_out(
         &self,
         targets: &[ChannelName],
         body: &Arc<EventBody>,
         skip: &Skip<'_>,
-    ) -> Offsets {
+    ) -> Result<Offsets, AtCapacity> {
         let now = Instant::now();
-        let mut channels = self.lock_channels(targets);
+        let mut channels = self.lock_channels(targets)?;
+        let mut trimmed = 0;
         let offsets: Vec<u64> = channels
             .iter_mut()
-            .map(|c| c.append(body.clone(), now))
+            .map(|c| {
+                let (offset, dropped) = c.append(body.clone(), now);
+                trimmed += dropped;
+                offset
+            })
             .collect();
+        if trimmed > 0 {
+            self.0.metrics.limit_hit("history_max_bytes");
+        }
         let mut delivered = 0;
         if let [channel] = channels.as_slice() {
-            // The common case: one channel, one frame for every member.
-            let frame = body.frame([(&channel.name, offsets[0])]);
-            for member in channel.members.values().filter(|m| !skip.skips(m)) {
-                delivered += u64::from(self.queue(member, frame.clone()));
-            }
+            // The common case: one channel, one frame for every member, the same one history
+            // keeps for recoveries.
+            let frame = channel
+                .newest_frame(offsets[0])
+                .cloned()
+                .unwrap_or_else(|| body.frame([(&channel.name, offsets[0])]));
+            self.for_each_member(channel, |member| {
+                if !skip.skips(member) {
+                    delivered += u64::from(self.queue(member, frame.clone()));
+                }
+            });
         } else {
             // A connection in several targets gets the event once, with every match in `via`;
             // connections that matched the same targets share one serialized frame.
-            let mut matched: HashMap<u64, (&Arc<Conn>, SmallVec<[u32; 4]>)> = HashMap::new();
+            let mut matched: HashMap<u64, (Arc<Conn>, SmallVec<[u32; 4]>)> = HashMap::new();
             for (i, channel) in channels.iter().enumerate() {
-                for member in channel.members.values().filter(|m| !skip.skips(m)) {
-                    matched
-                        .entry(member.key)
-                        .or_insert_with(|| (member, SmallVec::new()))
-                        .1
-                        .push(i as u32);
-                }
+                self.for_each_member(channel, |member| {
+                    if !skip.skips(member) {
+                        matched
+                            .entry(member.key)
+                            .or_insert_with(|| (member.clone(), SmallVec::new()))
+                            .1
+                            .push(i as u32);
+                    }
+                });
             }
             let mut frames: HashMap<&SmallVec<[u32; 4]>, Bytes> = HashMap::new();
             for (conn, via) in matched.values() {
-                let frame = frames.entry(via).or_insert_with(|| {
-                    body.frame(
-                        via.iter()
+                let frame = frames.entry(via).or_insert_with(|| match via.as_slice() {
+                    // Matched through one target only: history's frame for it is the same.
+                    &[i] => {
+                        let (channel, offset) = (&channels[i as usize], offsets[i as usize]);
+                        channel
+                            .newest_frame(offset)
+                            .cloned()
+                            .unwrap_or_else(|| body.frame([(&channel.name, offset)]))
+                    }
+                    many => body.frame(
+                        many.iter()
                             .map(|&i| (&channels[i as usize].name, offsets[i as usize])),
-                    )
+                    ),
                 });
                 delivered += u64::from(self.queue(conn, frame.clone()));
             }
         }
         self.0.metrics.events_in.inc();
         self.0.metrics.events_out.inc_by(delivered);
-        targets
+        Ok(targets
             .iter()
             .zip(offsets)
             .map(|(name, offset)| (name.to_string(), offset))
-            .collect()
+            .collect())
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
+use herald_connector_api::CompactJson;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -36,73 +36,115 @@ impl OpError {
     }
 }
 
-/// The part every frame shares.
+/// One client frame, read in a single parse: `op`, `id` and the fields of every op. Each op
+/// checks that the fields it needs are there ([`required`]); fields it does not use are
+/// ignored, as unknown fields are.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+pub struct Frame {
+    /// The op name.
+    pub op: Option<String>,
+    /// The request id to echo in the reply.
+    pub id: Option<u64>,
+    /// `ident`: the JWT.
+    pub token: Option<String>,
+    /// `ident`: channels to join (and recover) at once.
+    pub channels: BTreeMap<String, Position>,
+    /// `join`, `leave`, `publish`, `presence`, `history`.
+    pub channel: Option<String>,
+    /// `join`, `history`: the position to continue after.
+    pub since: Option<Position>,
+    /// `join`: include the member list in the reply.
+    pub presence: bool,
+    /// `publish`: the event name.
+    pub event: Option<String>,
+    /// `publish`, `rpc`: the payload, compacted.
+    pub data: Option<CompactJson>,
+    /// `publish`: also deliver to the sender.
+    pub echo: bool,
+    /// `history`: how many events at most.
+    pub limit: Option<usize>,
+    /// `rpc`: the backend method.
+    pub method: Option<String>,
+}
+
+/// What a frame that did not parse still tells: its id, for the error reply.
 #[derive(Deserialize)]
 struct Head {
-    op: Option<serde_json::Value>,
     id: Option<serde_json::Value>,
 }
 
-/// A frame whose envelope (op, id) is readable; its own fields are parsed by the op.
-pub struct Request<'a> {
-    /// The request id to echo in the reply, if any.
-    pub id: Option<u64>,
-    /// The op name.
-    pub op: String,
-    raw: &'a str,
-}
-
-impl Request<'_> {
-    /// Parses the op's own fields, naming the bad one on failure.
-    ///
-    /// # Errors
-    /// 4000 with the field path.
-    pub fn fields<T: DeserializeOwned>(&self) -> Result<T, OpError> {
-        herald_connector_api::parse_json(self.raw.as_bytes()).map_err(|e| {
-            OpError::bad_frame(if e.field.is_empty() {
-                e.message
-            } else {
-                e.to_string()
-            })
-        })
-    }
-}
-
-/// Reads `op` and `id` of one frame.
+/// Parses one frame.
 ///
 /// # Errors
-/// 4000 (with the id when it was readable) for anything that is not a frame.
-pub fn parse_request(raw: &str) -> Result<Request<'_>, (Option<u64>, OpError)> {
-    let head: Head =
-        serde_json::from_str(raw).map_err(|_| (None, OpError::bad_frame("not a JSON object")))?;
-    let id = match head.id {
-        None | Some(serde_json::Value::Null) => None,
-        Some(v) => match v.as_u64() {
-            Some(id) if id > 0 => Some(id),
-            _ => return Err((None, OpError::bad_frame("id: must be a positive integer"))),
+/// 4000 naming the bad field, with the frame's id when it was readable.
+pub fn parse_frame(raw: &str) -> Result<Frame, (Option<u64>, OpError)> {
+    match herald_connector_api::parse_json::<Frame>(raw.as_bytes()) {
+        Ok(frame) => match frame.id {
+            Some(0) => Err((None, OpError::bad_frame("id: must be a positive integer"))),
+            _ => Ok(frame),
         },
-    };
-    match head.op {
-        Some(serde_json::Value::String(op)) => Ok(Request { id, op, raw }),
-        Some(_) => Err((id, OpError::bad_frame("op: must be a string"))),
-        None => Err((id, OpError::bad_frame("op: missing field"))),
+        Err(e) => {
+            let message = match e.field.as_str() {
+                "" => "not a JSON object".to_owned(),
+                "id" => return Err((None, OpError::bad_frame("id: must be a positive integer"))),
+                _ => e.to_string(),
+            };
+            // Only a refused frame is read a second time, and only for its id.
+            let id = serde_json::from_str::<Head>(raw)
+                .ok()
+                .and_then(|h| h.id?.as_u64())
+                .filter(|&id| id > 0);
+            Err((id, OpError::bad_frame(message)))
+        }
     }
 }
 
-/// Splits one inbound message into frames: a JSON array of frames, or `\n`-separated frames.
+/// A field an op needs.
 ///
 /// # Errors
-/// 4000 when the message is an array that is not valid JSON.
-pub fn split_frames(text: &str) -> Result<Vec<&str>, OpError> {
-    if text.trim_start().starts_with('[') {
-        let frames: Vec<&RawValue> = serde_json::from_str(text)
-            .map_err(|_| OpError::bad_frame("not a JSON array of frames"))?;
-        return Ok(frames.into_iter().map(RawValue::get).collect());
+/// 4000 `<name>: missing field`.
+pub fn required<'a, T>(value: &'a Option<T>, name: &str) -> Result<&'a T, OpError> {
+    value
+        .as_ref()
+        .ok_or_else(|| OpError::bad_frame(format!("{name}: missing field")))
+}
+
+/// Splits one inbound message into frames: JSON values one after another (separated by `\n`,
+/// or by any whitespace, so a pretty-printed frame is one frame), where an array stands for
+/// the frames it holds. Text that is not JSON yields one error and reading resumes at the
+/// next line, so one bad line does not hide the frames after it.
+pub fn split_frames(text: &str) -> Vec<Result<&str, OpError>> {
+    let mut frames = Vec::new();
+    let mut rest = text;
+    loop {
+        let mut values = serde_json::Deserializer::from_str(rest).into_iter::<&RawValue>();
+        match values.next() {
+            None => return frames,
+            Some(Ok(value)) => {
+                let raw = value.get();
+                if raw.starts_with('[') {
+                    match serde_json::from_str::<Vec<&RawValue>>(raw) {
+                        Ok(items) => frames.extend(items.into_iter().map(|v| Ok(v.get()))),
+                        Err(_) => {
+                            frames.push(Err(OpError::bad_frame("not a JSON array of frames")))
+                        }
+                    }
+                } else {
+                    frames.push(Ok(raw));
+                }
+                rest = &rest[values.byte_offset()..];
+            }
+            Some(Err(_)) => {
+                frames.push(Err(OpError::bad_frame("not a JSON object")));
+                let failed_at = values.byte_offset().min(rest.len());
+                match rest[failed_at..].find('\n') {
+                    Some(newline) => rest = &rest[failed_at + newline + 1..],
+                    None => return frames,
+                }
+            }
+        }
     }
-    Ok(text
-        .split('\n')
-        .filter(|line| !line.trim().is_empty())
-        .collect())
 }
 
 /// `{"op":"reply","id":N,"ok":true,"data":…}`.
@@ -166,100 +208,57 @@ pub struct Position {
     pub epoch: Option<String>,
 }
 
-/// `ident`.
-#[derive(Deserialize)]
-pub struct Ident {
-    /// The JWT.
-    pub token: Option<String>,
-    /// Channels to join (and recover) at once.
-    #[serde(default)]
-    pub channels: BTreeMap<String, Position>,
-}
-
-/// `join`.
-#[derive(Deserialize)]
-pub struct Join {
-    /// Channel name.
-    pub channel: String,
-    /// Recover from here.
-    pub since: Option<Position>,
-    /// Include the member list in the reply.
-    #[serde(default)]
-    pub presence: bool,
-}
-
-/// `leave`, `presence`.
-#[derive(Deserialize)]
-pub struct ChannelOnly {
-    /// Channel name.
-    pub channel: String,
-}
-
-/// `publish`.
-#[derive(Deserialize)]
-pub struct Publish {
-    /// Channel name.
-    pub channel: String,
-    /// Event name.
-    pub event: String,
-    /// Payload.
-    pub data: Option<Box<RawValue>>,
-    /// Also deliver to the sender.
-    #[serde(default)]
-    pub echo: bool,
-}
-
-/// `history`.
-#[derive(Deserialize)]
-pub struct History {
-    /// Channel name.
-    pub channel: String,
-    /// Events after this position.
-    pub since: Option<Position>,
-    /// How many events at most.
-    pub limit: Option<usize>,
-}
-
-/// `rpc`.
-#[derive(Deserialize)]
-pub struct Rpc {
-    /// Backend method.
-    pub method: String,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn ok(frames: Vec<Result<&str, OpError>>) -> Vec<&str> {
+        frames.into_iter().map(|f| f.unwrap()).collect()
+    }
+
     #[test]
-    fn splits_and_reads_heads() {
+    fn splits_lines_arrays_and_pretty_printed_frames() {
         assert_eq!(
-            split_frames("{\"op\":\"a\"}\n\n{\"op\":\"b\"}\n")
-                .unwrap()
-                .len(),
-            2
-        );
-        assert_eq!(
-            split_frames(r#" [{"op":"a"},{"op":"b"}]"#).unwrap(),
+            ok(split_frames("{\"op\":\"a\"}\n\n{\"op\":\"b\"}\n")),
             [r#"{"op":"a"}"#, r#"{"op":"b"}"#]
         );
-        assert!(split_frames("[oops").is_err());
-
-        let req = parse_request(r#"{"op":"join","id":3,"channel":"c"}"#).unwrap();
-        assert_eq!((req.id, req.op.as_str()), (Some(3), "join"));
-        assert_eq!(req.fields::<ChannelOnly>().unwrap().channel, "c");
-        let bad = parse_request(r#"{"op":"join","id":3,"channel":5}"#)
-            .unwrap()
-            .fields::<ChannelOnly>();
         assert_eq!(
-            bad.err().unwrap().message,
+            ok(split_frames(r#" [{"op":"a"},{"op":"b"}]"#)),
+            [r#"{"op":"a"}"#, r#"{"op":"b"}"#]
+        );
+        assert_eq!(
+            ok(split_frames("{\n  \"op\": \"ping\",\n  \"id\": 1\n}")),
+            ["{\n  \"op\": \"ping\",\n  \"id\": 1\n}"]
+        );
+        let mixed = split_frames("{\"op\":\"a\"}\nnot json\n{\"op\":\"b\"}");
+        assert_eq!(mixed.len(), 3);
+        assert!(mixed[1].is_err());
+        assert_eq!(mixed[2].as_ref().unwrap(), &r#"{"op":"b"}"#);
+        assert_eq!(split_frames("[oops").len(), 1);
+        assert!(split_frames("  \n ").is_empty());
+    }
+
+    #[test]
+    fn parses_once_and_names_the_bad_field() {
+        let frame = parse_frame(r#"{"op":"join","id":3,"channel":"c"}"#).unwrap();
+        assert_eq!((frame.id, frame.op.as_deref()), (Some(3), Some("join")));
+        assert_eq!(required(&frame.channel, "channel").unwrap(), "c");
+        assert_eq!(
+            required(&frame.event, "event").unwrap_err().message,
+            "event: missing field"
+        );
+        let (id, err) = parse_frame(r#"{"op":"join","id":3,"channel":5}"#)
+            .err()
+            .unwrap();
+        assert_eq!(id, Some(3), "the id of a refused frame is still answered");
+        assert_eq!(
+            err.message,
             "channel: invalid type: integer `5`, expected a string"
         );
-        assert_eq!(parse_request("nope").err().unwrap().1.code, 4000);
-        assert_eq!(
-            parse_request(r#"{"op":"x","id":-1}"#).err().unwrap().0,
-            None
-        );
-        assert_eq!(parse_request(r#"{"id":2}"#).err().unwrap().0, Some(2));
+        assert_eq!(parse_frame("nope").err().unwrap().1.code, 4000);
+        assert_eq!(parse_frame(r#"{"op":"x","id":-1}"#).err().unwrap().0, None);
+        assert_eq!(parse_frame(r#"{"op":"x","id":0}"#).err().unwrap().0, None);
+        let pretty = parse_frame("{\"op\":\"publish\",\"data\":{\n \"a\": [1,\n 2]}}").unwrap();
+        assert_eq!(pretty.data.unwrap().get(), r#"{"a":[1,2]}"#);
     }
 }

@@ -8,9 +8,24 @@
 //! recovery hold: a joining client's reply and recovered events are queued under the same lock,
 //! so no live event can slip in between or before them.
 //!
+//! The broadcast channel `*` keeps history and offsets like any other, but no member table:
+//! its members are the identified connections of the registry, so connecting and
+//! disconnecting never touch it. `ident` holds its lock only to read its position, queue the
+//! reply and let broadcasts in, which gives the client a consistent cut (every broadcast after
+//! the position it is told, none before the reply).
+//!
 //! The style guide suggests one dispatcher task owning all tables; we chose per-channel locks
 //! because a publish then costs no task hop and the HTTP handler gets its offsets back
 //! synchronously, and because channels shard naturally.
+//!
+//! # Layout
+//! - [`channel`]: one channel's members, history ring and position.
+//! - [`conn`]: one connection as the hub sees it, and its outbox.
+//! - [`session`]: the client protocol, op by op.
+//! - [`fanout`]: one event to every matching connection, once each.
+//! - `gateway`: what publishers and the admin API ask of the hub.
+//! - [`event`], [`frame`]: frames serialized once; client frames parsed once.
+//! - [`dedup`], [`auth_deadline`]: the idempotency window; the `ident` deadline.
 
 mod auth_deadline;
 mod channel;
@@ -19,21 +34,21 @@ mod dedup;
 mod event;
 mod fanout;
 mod frame;
+mod gateway;
 mod session;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use herald_connector_api::{
-    ChannelName, ChannelSummary, Disconnect, Envelope, Gateway, GatewayInfo, HistoryError,
-    HistoryPage, Member, OpenError, Outbox, PeerInfo, PublishError, Published, SessionHub, Since,
-    Target,
+    AtCapacity, ChannelKind, ChannelName, Disconnect, OpenError, Outbox, OutboxLimits, PeerInfo,
+    SessionHub, Target,
 };
 use parking_lot::{ArcMutexGuard, Mutex, RawMutex};
-use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 pub use channel::ChannelRule;
@@ -42,12 +57,16 @@ pub use event::EventBody;
 use crate::auth::Auth;
 use crate::metrics::Metrics;
 use auth_deadline::AuthDeadlines;
-use channel::{Channel, Stored};
+use channel::Channel;
 use conn::Conn;
-use dedup::{Claim, Dedup};
+use dedup::Dedup;
 
 /// Most events one `history` call may return.
 pub const MAX_HISTORY_LIMIT: usize = 1000;
+
+/// Most bytes of events one `history` page holds (the first event always fits): a page is one
+/// frame in a client's outbox, so it must stay well inside the outbox's byte bound.
+pub const MAX_HISTORY_PAGE_BYTES: usize = 1 << 20;
 
 /// How often idle channels and old idempotency keys are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -68,14 +87,22 @@ pub struct HubConfig {
     pub rules: Vec<Arc<ChannelRule>>,
     /// The rule for channels no pattern matches.
     pub default_rule: Arc<ChannelRule>,
-    /// Outbound queue capacity per connection, in frames.
-    pub client_queue: usize,
+    /// Bounds of each connection's outbox: live frames and bytes, recovery frames and bytes.
+    pub outbox: OutboxLimits,
     /// Most open connections.
     pub max_connections: usize,
     /// Most channels one connection may be in (personal and broadcast not counted).
     pub max_channels_per_connection: usize,
+    /// Most channels (with members or history) the hub holds.
+    pub max_channels: usize,
+    /// Most targets (channels + users + broadcast) one envelope may name.
+    pub max_envelope_targets: usize,
+    /// Most members a client's `presence` or `join` reply lists.
+    pub max_presence_members: usize,
     /// How long an idempotency key is remembered.
     pub dedup_window: Duration,
+    /// Most idempotency keys remembered at once.
+    pub dedup_max_keys: usize,
 }
 
 type ChannelGuard = ArcMutexGuard<RawMutex, Channel>;
@@ -90,16 +117,30 @@ struct Inner {
     started: Instant,
     next_conn: AtomicU64,
     shutting_down: AtomicBool,
+    /// Admitted connections; reserved before a connection is registered, so admission
+    /// cannot overshoot `max_connections`.
+    admitted: AtomicUsize,
     conns: DashMap<Arc<str>, Arc<Conn>>,
+    /// Channels in the table; reserved before one is created, like `admitted`.
+    channel_count: AtomicUsize,
     channels: DashMap<ChannelName, Arc<Mutex<Channel>>>,
     dedup: Dedup,
     auth_deadlines: AuthDeadlines,
 }
 
+/// Adds one to `counter` unless it is at `max`.
+fn reserve(counter: &AtomicUsize, max: usize) -> bool {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_ok()
+}
+
 impl Hub {
     /// A hub with no connections and no channels.
     pub fn new(config: HubConfig, metrics: Arc<Metrics>) -> Self {
-        let dedup = Dedup::new(config.dedup_window);
+        let dedup = Dedup::new(config.dedup_window, config.dedup_max_keys);
         let auth_deadlines = AuthDeadlines::new(config.auth_timeout);
         Self(Arc::new(Inner {
             config,
@@ -107,7 +148,9 @@ impl Hub {
             started: Instant::now(),
             next_conn: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
+            admitted: AtomicUsize::new(0),
             conns: DashMap::new(),
+            channel_count: AtomicUsize::new(0),
             channels: DashMap::new(),
             dedup,
             auth_deadlines,
@@ -126,9 +169,11 @@ impl Hub {
 
     /// Ends every connection with 4100 `reconnect:true` and refuses new ones.
     pub fn shut_down(&self) {
+        // SeqCst pairs with `open`: a connection registered while this walks the registry
+        // either is seen here or sees the flag there.
         self.0.shutting_down.store(true, Ordering::SeqCst);
         for conn in self.0.conns.iter() {
-            conn.end(Disconnect::new(4100, "shutdown", true));
+            conn.end(shutdown_disconnect());
         }
     }
 
@@ -154,6 +199,9 @@ impl Hub {
             let mut channel = channel.lock();
             let idle = channel.is_idle(now);
             channel.removed = idle;
+            if idle {
+                self.0.channel_count.fetch_sub(1, Ordering::AcqRel);
+            }
             !idle
         });
         self.0.dedup.expire(now);
@@ -173,12 +221,17 @@ impl Hub {
     /// `names`. Locks are taken in name order so concurrent callers cannot deadlock, and only
     /// after every lookup: the sweeper holds a map shard while it locks that shard's
     /// channels, so looking up with a channel lock held could wait on it forever.
-    fn lock_channels(&self, names: &[ChannelName]) -> Vec<ChannelGuard> {
+    ///
+    /// # Errors
+    /// [`AtCapacity`] when a channel would have to be created past `max_channels`.
+    fn lock_channels(&self, names: &[ChannelName]) -> Result<Vec<ChannelGuard>, AtCapacity> {
         let mut order: Vec<usize> = (0..names.len()).collect();
         order.sort_by(|&a, &b| names[a].cmp(&names[b]));
         'retry: loop {
-            let arcs: Vec<Arc<Mutex<Channel>>> =
-                names.iter().map(|name| self.channel_arc(name)).collect();
+            let arcs = names
+                .iter()
+                .map(|name| self.channel_arc(name))
+                .collect::<Result<Vec<_>, _>>()?;
             let mut guards: Vec<Option<ChannelGuard>> = (0..names.len()).map(|_| None).collect();
             for &i in &order {
                 let guard = arcs[i].lock_arc();
@@ -188,35 +241,59 @@ impl Hub {
                 guards[i] = Some(guard);
             }
             // Every slot was filled by the loop above.
-            return guards.into_iter().flatten().collect();
+            return Ok(guards.into_iter().flatten().collect());
         }
     }
 
-    fn lock_channel(&self, name: &ChannelName) -> ChannelGuard {
+    /// Locks one channel, creating it if missing.
+    ///
+    /// # Errors
+    /// [`AtCapacity`] when it would have to be created past `max_channels`.
+    fn lock_channel(&self, name: &ChannelName) -> Result<ChannelGuard, AtCapacity> {
         loop {
-            let guard = self.channel_arc(name).lock_arc();
+            let guard = self.channel_arc(name)?.lock_arc();
             if !guard.removed {
-                return guard;
+                return Ok(guard);
             }
         }
     }
 
-    fn channel_arc(&self, name: &ChannelName) -> Arc<Mutex<Channel>> {
-        if let Some(existing) = self.0.channels.get(name) {
-            return existing.clone();
+    /// Locks one channel if it exists; reads (history, presence) never create one.
+    fn lock_existing(&self, name: &ChannelName) -> Option<ChannelGuard> {
+        loop {
+            let arc = self.0.channels.get(name).map(|c| c.clone())?;
+            let guard = arc.lock_arc();
+            if !guard.removed {
+                return Some(guard);
+            }
         }
-        self.0
-            .channels
-            .entry(name.clone())
-            .or_insert_with(|| {
-                Arc::new(Mutex::new(Channel::new(name.clone(), self.rule_for(name))))
-            })
-            .clone()
+    }
+
+    fn channel_arc(&self, name: &ChannelName) -> Result<Arc<Mutex<Channel>>, AtCapacity> {
+        if let Some(existing) = self.0.channels.get(name) {
+            return Ok(existing.clone());
+        }
+        match self.0.channels.entry(name.clone()) {
+            Entry::Occupied(existing) => Ok(existing.get().clone()),
+            Entry::Vacant(slot) => {
+                let max = self.0.config.max_channels;
+                if !reserve(&self.0.channel_count, max) {
+                    self.0.metrics.limit_hit("max_channels");
+                    return Err(AtCapacity {
+                        key: "max_channels",
+                        limit: max,
+                    });
+                }
+                let channel = Channel::new(name.clone(), self.rule_for(name));
+                Ok(slot.insert(Arc::new(Mutex::new(channel))).clone())
+            }
+        }
     }
 
     /// Removes a connection from the registry and from every channel it is in.
     fn unregister(&self, conn: &Arc<Conn>) {
         if self.0.conns.remove(&conn.id).is_some() {
+            self.0.admitted.fetch_sub(1, Ordering::AcqRel);
             self.0.metrics.connections.dec();
         }
         let channels: Vec<ChannelName> = conn.channels.lock().drain().collect();
@@ -246,11 +323,30 @@ impl Hub {
     fn queue(&self, conn: &Conn, frame: bytes::Bytes) -> bool {
         match conn.queue(frame) {
             conn::Queued::Yes => true,
-            conn::Queued::Overflowed => {
+            conn::Queued::Overflowed { bytes } => {
                 self.0.metrics.slow_consumer_cuts.inc();
+                self.0.metrics.limit_hit(if bytes {
+                    "client_queue_bytes"
+                } else {
+                    "client_queue"
+                });
                 false
             }
             conn::Queued::Gone => false,
+        }
+    }
+
+    /// Calls `f` with every member of a locked channel: its member table, or for `*` every
+    /// connection that is in the broadcast.
+    fn for_each_member(&self, channel: &Channel, mut f: impl FnMut(&Arc<Conn>)) {
+        if channel.name.kind() == ChannelKind::Broadcast {
+            for conn in self.0.conns.iter() {
+                if conn.in_broadcast() {
+                    f(conn.value());
+                }
+            }
+        } else {
+            channel.members.values().for_each(f);
         }
     }
 
@@ -263,28 +359,19 @@ impl Hub {
                 .map(|c| c.clone())
                 .into_iter()
                 .collect(),
-            Target::User(user) => self
-                .0
-                .conns
-                .iter()
-                .filter(|c| c.user() == user)
-                .map(|c| c.clone())
-                .collect(),
+            // A user's connections are the members of their personal channel.
+            Target::User(user) => ChannelName::personal(user)
+                .ok()
+                .and_then(|name| self.lock_existing(&name))
+                .map(|channel| channel.members.values().cloned().collect())
+                .unwrap_or_default(),
             Target::All => self.0.conns.iter().map(|c| c.clone()).collect(),
         }
     }
+}
 
-    /// The event frames of stored events, as a channel's history shows them.
-    fn history_frames(channel: &ChannelName, stored: &[&Stored]) -> Vec<Box<RawValue>> {
-        stored
-            .iter()
-            .filter_map(|s| {
-                let frame = s.event.frame([(channel, s.offset)]);
-                // Our own frames are valid UTF-8 JSON.
-                RawValue::from_string(String::from_utf8(frame.to_vec()).ok()?).ok()
-            })
-            .collect()
-    }
+fn shutdown_disconnect() -> Disconnect {
+    Disconnect::new(4100, "shutdown", true)
 }
 
 impl SessionHub for Hub {
@@ -295,160 +382,24 @@ impl SessionHub for Hub {
         if self.0.shutting_down.load(Ordering::SeqCst) {
             return Err(OpenError::ShuttingDown);
         }
-        if self.0.conns.len() >= self.0.config.max_connections {
+        if !reserve(&self.0.admitted, self.0.config.max_connections) {
             return Err(OpenError::TooManyConnections);
         }
         let key = self.0.next_conn.fetch_add(1, Ordering::Relaxed);
         let id: Arc<str> = Arc::from(format!("c_{}_{key}", self.0.config.node));
-        let (conn, outbox) = Conn::new(key, id.clone(), self.0.config.client_queue);
+        let (conn, outbox) = Conn::new(key, id.clone(), self.0.config.outbox);
         self.0.conns.insert(id, conn.clone());
         self.0.metrics.connections.inc();
         self.0.metrics.connections_opened.inc();
+        // Shutdown may have walked the registry before this connection was in it.
+        if self.0.shutting_down.load(Ordering::SeqCst) {
+            conn.end(shutdown_disconnect());
+        }
         self.0.auth_deadlines.watch(&conn);
         Ok((
             Box::new(session::Session::new(self.clone(), conn, peer)),
             outbox,
         ))
-    }
-}
-
-impl Gateway for Hub {
-    fn publish(&self, envelope: Envelope) -> Result<Published, PublishError> {
-        if self.0.shutting_down.load(Ordering::SeqCst) {
-            return Err(PublishError::ShuttingDown);
-        }
-        envelope.validate()?;
-        let pending = match envelope
-            .key
-            .as_deref()
-            .map(|k| self.0.dedup.claim(k, Instant::now()))
-        {
-            Some(Claim::Seen(earlier)) => {
-                self.0.metrics.duplicates_suppressed.inc();
-                return Ok(earlier);
-            }
-            Some(Claim::Fresh(pending)) => Some(pending),
-            None => None,
-        };
-        let body = Arc::new(EventBody::new(&envelope.event, &envelope.data, None));
-        let offsets = self.fan_out(
-            &envelope.targets(),
-            &body,
-            &fanout::Skip::except(&envelope.except),
-        );
-        let published = Published {
-            id: body.id.clone(),
-            offsets,
-        };
-        if let Some(pending) = pending {
-            pending.finish(Some(&published));
-        }
-        Ok(published)
-    }
-
-    fn channels(&self) -> Vec<ChannelSummary> {
-        let arcs: Vec<_> = self.0.channels.iter().map(|c| c.clone()).collect();
-        let mut out: Vec<ChannelSummary> = arcs
-            .iter()
-            .map(|arc| {
-                let c = arc.lock();
-                ChannelSummary {
-                    channel: c.name.to_string(),
-                    members: c.members.len(),
-                }
-            })
-            .collect();
-        out.sort_by(|a, b| a.channel.cmp(&b.channel));
-        out
-    }
-
-    fn presence(&self, channel: &ChannelName) -> Vec<Member> {
-        self.0
-            .channels
-            .get(channel)
-            .map(|c| c.clone())
-            .map(|arc| arc.lock().member_list())
-            .unwrap_or_default()
-    }
-
-    fn history(
-        &self,
-        name: &ChannelName,
-        since: Option<Since>,
-        limit: usize,
-    ) -> Result<HistoryPage, HistoryError> {
-        if limit == 0 || limit > MAX_HISTORY_LIMIT {
-            return Err(HistoryError::BadLimit {
-                max: MAX_HISTORY_LIMIT,
-            });
-        }
-        let mut channel = self.lock_channel(name);
-        let now = Instant::now();
-        let (offset, epoch) = (channel.last_offset, channel.epoch.to_string());
-        let (events, recovered) = match since {
-            Some(since) => {
-                let r = channel.after(since.offset, since.epoch.as_deref(), now);
-                let events: Vec<&Stored> = r.events.into_iter().take(limit).collect();
-                (Self::history_frames(name, &events), Some(r.recovered))
-            }
-            None => (
-                Self::history_frames(name, &channel.latest(limit, now)),
-                None,
-            ),
-        };
-        Ok(HistoryPage {
-            events,
-            offset,
-            epoch,
-            recovered,
-        })
-    }
-
-    fn disconnect(&self, target: Target, reason: &str, reconnect: bool) -> usize {
-        self.matching_conns(&target)
-            .iter()
-            .filter(|c| c.end(Disconnect::new(4101, reason, reconnect)))
-            .count()
-    }
-
-    fn unsubscribe(&self, name: &ChannelName, target: Target) -> usize {
-        let Some(arc) = self.0.channels.get(name).map(|c| c.clone()) else {
-            return 0;
-        };
-        let mut channel = arc.lock();
-        let removed: Vec<Arc<Conn>> = match &target {
-            Target::All => channel.members.drain(..).map(|(_, c)| c).collect(),
-            Target::Conn(id) => channel
-                .members
-                .values()
-                .filter(|c| *c.id == **id)
-                .cloned()
-                .collect(),
-            Target::User(user) => channel
-                .members
-                .values()
-                .filter(|c| c.user() == user)
-                .cloned()
-                .collect(),
-        };
-        let notice = frame::unsubscribed_notice(name.as_str());
-        for conn in &removed {
-            channel.members.swap_remove(&conn.key);
-            conn.channels.lock().remove(name);
-            self.queue(conn, notice.clone());
-            self.notify_membership(&channel, "left", conn);
-        }
-        removed.len()
-    }
-
-    fn info(&self) -> GatewayInfo {
-        GatewayInfo {
-            node: self.0.config.node.to_string(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            uptime_secs: self.0.started.elapsed().as_secs(),
-            connections: self.0.conns.len(),
-            channels: self.0.channels.len(),
-        }
     }
 }
 
@@ -462,13 +413,19 @@ mod tests {
 
     use super::*;
     use crate::pattern::Pattern;
+    use herald_connector_api::{Envelope, Gateway};
 
     fn hub() -> Hub {
+        hub_with(10)
+    }
+
+    fn hub_with(max_connections: usize) -> Hub {
         let rule = Arc::new(ChannelRule {
             pattern: Pattern::new("*"),
             client_publish: false,
             join_leave_notices: false,
             history_size: 10,
+            history_max_bytes: 1 << 20,
             history_ttl: Duration::from_secs(60),
         });
         let config = HubConfig {
@@ -479,12 +436,82 @@ mod tests {
             default_channels: Vec::new(),
             rules: Vec::new(),
             default_rule: rule,
-            client_queue: 16,
-            max_connections: 10,
+            outbox: OutboxLimits {
+                frames: 16,
+                bytes: 1 << 20,
+                backlog_frames: 100,
+                backlog_bytes: 1 << 20,
+            },
+            max_connections,
             max_channels_per_connection: 10,
+            max_channels: 1000,
+            max_envelope_targets: 100,
+            max_presence_members: 100,
             dedup_window: Duration::from_secs(60),
+            dedup_max_keys: 100,
         };
         Hub::new(config, Arc::new(Metrics::new()))
+    }
+
+    fn peer() -> PeerInfo {
+        PeerInfo {
+            transport: "test",
+            remote: None,
+        }
+    }
+
+    #[test]
+    fn admission_never_overshoots_max_connections() {
+        let hub = hub_with(50);
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (hub, barrier) = (hub.clone(), barrier.clone());
+                thread::spawn(move || {
+                    barrier.wait();
+                    (0..200)
+                        .filter_map(|_| hub.open(peer()).ok())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let sessions: Vec<_> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        assert_eq!(sessions.len(), 50, "exactly max_connections admitted");
+        assert_eq!(hub.connection_count(), 50);
+        drop(sessions);
+        assert_eq!(hub.connection_count(), 0);
+        assert!(hub.open(peer()).is_ok(), "closing frees the slots");
+    }
+
+    #[test]
+    fn a_connection_opened_while_shutting_down_is_told_to_go() {
+        let hub = hub_with(10_000);
+        let opener = {
+            let hub = hub.clone();
+            thread::spawn(move || {
+                let mut opened = Vec::new();
+                while let Ok(session) = hub.open(peer()) {
+                    opened.push(session);
+                }
+                opened
+            })
+        };
+        while hub.connection_count() < 50 {
+            thread::yield_now();
+        }
+        hub.shut_down();
+        let opened = opener.join().unwrap();
+        for (_, mut outbox) in opened {
+            let mut frames = Vec::new();
+            let received = futures_util::FutureExt::now_or_never(outbox.recv_many(&mut frames, 1));
+            assert!(
+                matches!(received, Some(herald_connector_api::Received::Ended(ref d)) if d.code == 4100),
+                "every connection admitted gets 4100, got {received:?}"
+            );
+        }
     }
 
     #[test]

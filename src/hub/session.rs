@@ -6,16 +6,16 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use herald_connector_api::{
-    ChannelKind, ChannelName, ClientSession, Disconnect, Gateway, PeerInfo, Since,
+    AtCapacity, BacklogRoom, ChannelKind, ChannelName, ClientSession, CompactJson, Disconnect,
+    PeerInfo, Since,
 };
 use serde_json::json;
-use serde_json::value::RawValue;
 
 use super::channel::Channel;
 use super::conn::Conn;
 use super::event::{EventBody, From};
 use super::fanout::Skip;
-use super::frame::{self, OpError, Position, Request};
+use super::frame::{self, required, Frame, OpError, Position};
 use super::{Hub, MAX_HISTORY_LIMIT};
 use crate::auth::Identity;
 
@@ -35,36 +35,41 @@ impl Session {
     }
 
     fn handle_frame(&mut self, raw: &str) {
-        let (id, result) = match frame::parse_request(raw) {
-            Ok(req) => (req.id, self.handle_request(&req)),
+        let (id, result) = match frame::parse_frame(raw) {
+            Ok(frame) => (frame.id, self.handle(&frame)),
             Err((id, err)) => (id, Err(err)),
         };
         if let Err(err) = result {
-            tracing::debug!(conn = %self.conn.id, transport = self.peer.transport, code = err.code, error = %err.message, "frame refused");
-            self.hub.queue(&self.conn, frame::reply_err(id, &err));
+            self.refuse(id, &err);
         }
     }
 
-    fn handle_request(&mut self, req: &Request<'_>) -> Result<(), OpError> {
-        if req.op == "ident" {
-            return self.ident(req);
+    fn refuse(&self, id: Option<u64>, err: &OpError) {
+        tracing::debug!(conn = %self.conn.id, transport = self.peer.transport, code = err.code, error = %err.message, "frame refused");
+        self.hub.queue(&self.conn, frame::reply_err(id, err));
+    }
+
+    fn handle(&mut self, f: &Frame) -> Result<(), OpError> {
+        let op = required(&f.op, "op")?;
+        if op == "ident" {
+            return self.ident(f);
         }
         let Some(identity) = self.conn.identity.get().cloned() else {
             return Err(OpError::new(4001, "not identified yet: send ident first"));
         };
-        match req.op.as_str() {
-            "join" => self.join(req, &identity),
-            "leave" => self.leave(req),
-            "publish" => self.publish(req, &identity),
-            "presence" => self.presence(req, &identity),
-            "history" => self.history(req, &identity),
+        match op.as_str() {
+            "join" => self.join(f, &identity),
+            "leave" => self.leave(f),
+            "publish" => self.publish(f, &identity),
+            "presence" => self.presence(f, &identity),
+            "history" => self.history(f, &identity),
             "rpc" => {
-                let rpc: frame::Rpc = req.fields()?;
-                tracing::debug!(conn = %self.conn.id, method = %rpc.method, "rpc refused: no backend");
+                let method = required(&f.method, "method")?;
+                tracing::debug!(conn = %self.conn.id, %method, "rpc refused: no backend");
                 Err(OpError::new(4500, "no rpc backend configured"))
             }
             "ping" => {
-                self.reply(req.id, &json!({}));
+                self.reply(f.id, &json!({}));
                 Ok(())
             }
             other => Err(OpError::new(4004, format!("unknown op: {other}"))),
@@ -77,13 +82,25 @@ impl Session {
         }
     }
 
-    fn ident(&mut self, req: &Request<'_>) -> Result<(), OpError> {
+    /// Queues the reply (if the frame had an id) and the recovered events together.
+    fn reply_with_backlog(
+        &self,
+        id: Option<u64>,
+        data: &impl serde::Serialize,
+        recovered: Vec<Bytes>,
+    ) {
+        let mut frames = Vec::with_capacity(recovered.len() + 1);
+        frames.extend(id.map(|id| frame::reply_ok(id, data)));
+        frames.extend(recovered);
+        self.conn.queue_backlog(frames);
+    }
+
+    fn ident(&mut self, f: &Frame) -> Result<(), OpError> {
         if self.conn.identity.get().is_some() {
             return Err(OpError::bad_frame("already identified"));
         }
-        let fields: frame::Ident = req.fields()?;
         let config = &self.hub.0.config;
-        let identity = match fields.token.as_deref() {
+        let identity = match f.token.as_deref() {
             Some(token) => config.auth.verify(token).map_err(|e| e.to_string()),
             None if config.allow_anonymous => Ok(Identity::anonymous()),
             None => Err("token required".to_owned()),
@@ -92,27 +109,28 @@ impl Session {
             Ok(identity) => identity,
             Err(why) => {
                 tracing::info!(conn = %self.conn.id, error = %why, "authentication failed");
-                self.conn.end(Disconnect::new(
-                    4002,
-                    format!("authentication failed: {why}"),
-                    false,
-                ));
+                let message = format!("authentication failed: {why}");
+                // Every frame with an id is answered, the one that ends the connection too:
+                // the reply is flushed before the disconnect.
+                if f.id.is_some() {
+                    self.refuse(f.id, &OpError::new(4002, message.clone()));
+                }
+                self.conn.end(Disconnect::new(4002, message, false));
                 return Ok(());
             }
         };
-        let mut wanted: Vec<(ChannelName, Option<Since>)> =
-            Vec::with_capacity(fields.channels.len());
-        for (name, position) in &fields.channels {
+        let mut wanted: Vec<(ChannelName, Option<Since>)> = Vec::with_capacity(f.channels.len());
+        for (name, position) in &f.channels {
             let channel = parse_channel(name)
                 .map_err(|e| OpError::bad_frame(format!("channels.{name}: {}", e.message)))?;
             check_access(&identity, &channel)?;
             wanted.push((channel, since(position)?));
         }
-        let mut names: Vec<ChannelName> = Vec::new();
+        // `*` is locked for a consistent cut of the broadcast (see the hub's module doc).
+        let mut names: Vec<ChannelName> = vec![ChannelName::broadcast()];
         if let Ok(personal) = ChannelName::personal(&identity.user) {
             names.push(personal);
         }
-        names.push(ChannelName::broadcast());
         names.extend(config.default_channels.iter().cloned());
         names.extend(wanted.iter().map(|(c, _)| c.clone()));
         names.sort();
@@ -124,10 +142,11 @@ impl Session {
         if ordinary > config.max_channels_per_connection {
             return Err(OpError::forbidden("too many channels"));
         }
-        let _ = self.conn.identity.set(identity.clone());
 
-        let mut channels = self.hub.lock_channels(&names);
+        let mut channels = self.hub.lock_channels(&names).map_err(at_capacity)?;
+        let _ = self.conn.identity.set(identity.clone());
         let now = Instant::now();
+        let mut room = self.conn.backlog_room();
         let mut positions = BTreeMap::new();
         let mut recovered_frames = Vec::new();
         for channel in channels.iter_mut() {
@@ -136,31 +155,31 @@ impl Session {
                 .iter()
                 .find(|(c, _)| *c == channel.name)
                 .and_then(|(_, s)| s.as_ref());
-            let (offset, epoch) = (channel.last_offset, channel.epoch.clone());
-            let recovered =
-                asked.is_some_and(|s| self.recover(channel, s, now, &mut recovered_frames));
+            let recovered = asked
+                .is_some_and(|s| self.recover(channel, s, now, &mut room, &mut recovered_frames));
             positions.insert(
                 channel.name.to_string(),
-                json!({"offset": offset, "epoch": &*epoch, "recovered": recovered}),
+                json!({"offset": channel.last_offset, "epoch": &*channel.epoch, "recovered": recovered}),
             );
         }
         let data = json!({
             "user": &*identity.user, "conn": &*self.conn.id, "node": &*config.node, "channels": positions,
         });
-        // Reply, then recovered events, all before any live event: the channel locks are held.
-        self.reply(req.id, &data);
-        for frame in recovered_frames {
-            self.hub.queue(&self.conn, frame);
-        }
+        // Reply, then recovered events, all before any live event: the channel locks are held,
+        // and broadcasts reach this connection only from here on.
+        self.reply_with_backlog(f.id, &data, recovered_frames);
+        self.conn.join_broadcast();
         drop(channels);
         Ok(())
     }
 
-    fn join(&mut self, req: &Request<'_>, identity: &Identity) -> Result<(), OpError> {
-        let fields: frame::Join = req.fields()?;
-        let name = parse_channel(&fields.channel)?;
+    fn join(&mut self, f: &Frame, identity: &Identity) -> Result<(), OpError> {
+        let name = parse_channel(required(&f.channel, "channel")?)?;
         check_access(identity, &name)?;
-        let since = fields.since.as_ref().map(since).transpose()?.flatten();
+        if f.presence && name.kind() == ChannelKind::Broadcast {
+            return Err(broadcast_presence_forbidden());
+        }
+        let since = f.since.as_ref().map(since).transpose()?.flatten();
         if name.kind() == ChannelKind::Ordinary {
             let joined = self.conn.channels.lock();
             let ordinary = joined
@@ -172,96 +191,119 @@ impl Session {
                 return Err(OpError::forbidden("too many channels"));
             }
         }
-        let mut channel = self.hub.lock_channel(&name);
+        let mut channel = self.hub.lock_channel(&name).map_err(at_capacity)?;
         self.add_member(&mut channel);
         let mut data = json!({"offset": channel.last_offset, "epoch": &*channel.epoch});
-        let mut recovered_frames = Vec::new();
-        if let Some(since) = &since {
-            data["recovered"] =
-                json!(self.recover(&mut channel, since, Instant::now(), &mut recovered_frames));
+        if f.presence {
+            let max = self.hub.0.config.max_presence_members;
+            data["members"] = json!(channel.member_list(max));
+            data["total"] = json!(channel.members.len());
         }
-        if fields.presence {
-            data["members"] = json!(channel.member_list());
-        }
-        // Reply, then recovered events, before any live event: the channel lock is held.
-        self.reply(req.id, &data);
-        for frame in recovered_frames {
-            self.hub.queue(&self.conn, frame);
+        match &since {
+            Some(since) => {
+                let mut room = self.conn.backlog_room();
+                let mut recovered_frames = Vec::new();
+                data["recovered"] = json!(self.recover(
+                    &mut channel,
+                    since,
+                    Instant::now(),
+                    &mut room,
+                    &mut recovered_frames
+                ));
+                // Reply, then recovered events, before any live event: the lock is held.
+                self.reply_with_backlog(f.id, &data, recovered_frames);
+            }
+            None => self.reply(f.id, &data),
         }
         Ok(())
     }
 
-    fn leave(&mut self, req: &Request<'_>) -> Result<(), OpError> {
-        let fields: frame::ChannelOnly = req.fields()?;
-        let name = parse_channel(&fields.channel)?;
+    fn leave(&mut self, f: &Frame) -> Result<(), OpError> {
+        let name = parse_channel(required(&f.channel, "channel")?)?;
         if name.kind() != ChannelKind::Ordinary {
             return Err(OpError::forbidden(format!("cannot leave {name}")));
         }
         if self.conn.channels.lock().remove(&name) {
-            let mut channel = self.hub.lock_channel(&name);
-            if channel.members.swap_remove(&self.conn.key).is_some() {
-                self.hub.notify_membership(&channel, "left", &self.conn);
+            if let Some(mut channel) = self.hub.lock_existing(&name) {
+                if channel.members.swap_remove(&self.conn.key).is_some() {
+                    self.hub.notify_membership(&channel, "left", &self.conn);
+                }
             }
         }
-        self.reply(req.id, &json!({}));
+        self.reply(f.id, &json!({}));
         Ok(())
     }
 
-    fn publish(&mut self, req: &Request<'_>, identity: &Identity) -> Result<(), OpError> {
-        let fields: frame::Publish = req.fields()?;
-        let name = parse_channel(&fields.channel)?;
+    fn publish(&mut self, f: &Frame, identity: &Identity) -> Result<(), OpError> {
+        let name = parse_channel(required(&f.channel, "channel")?)?;
+        let event = required(&f.event, "event")?;
         check_access(identity, &name)?;
         if !self.hub.rule_for(&name).client_publish {
             return Err(OpError::forbidden(format!(
                 "clients may not publish to {name}"
             )));
         }
-        if fields.event.is_empty()
-            || fields.event.len() > herald_connector_api::envelope::MAX_EVENT_NAME_LEN
-        {
+        if event.is_empty() || event.len() > herald_connector_api::envelope::MAX_EVENT_NAME_LEN {
             return Err(OpError::bad_frame("event: must be 1 to 256 bytes"));
         }
-        let null = RawValue::NULL;
-        let data: &RawValue = fields.data.as_deref().unwrap_or(null);
+        let null = CompactJson::null();
         let from = From {
             user: &identity.user,
             conn: &self.conn.id,
         };
-        let body = Arc::new(EventBody::new(&fields.event, data, Some(from)));
-        let skip = if fields.echo {
+        let body = Arc::new(EventBody::new(
+            event,
+            f.data.as_ref().unwrap_or(&null),
+            Some(from),
+        ));
+        let skip = if f.echo {
             Skip::none()
         } else {
             Skip::sender(self.conn.key)
         };
-        let offsets = self.hub.fan_out(std::slice::from_ref(&name), &body, &skip);
+        let offsets = self
+            .hub
+            .fan_out(std::slice::from_ref(&name), &body, &skip)
+            .map_err(at_capacity)?;
         let offset = offsets.get(name.as_str()).copied().unwrap_or_default();
-        self.reply(req.id, &json!({"id": body.id, "offset": offset}));
+        self.reply(f.id, &json!({"id": body.id, "offset": offset}));
         Ok(())
     }
 
-    fn presence(&mut self, req: &Request<'_>, identity: &Identity) -> Result<(), OpError> {
-        let fields: frame::ChannelOnly = req.fields()?;
-        let name = parse_channel(&fields.channel)?;
+    fn presence(&mut self, f: &Frame, identity: &Identity) -> Result<(), OpError> {
+        let name = parse_channel(required(&f.channel, "channel")?)?;
+        if name.kind() == ChannelKind::Broadcast {
+            return Err(broadcast_presence_forbidden());
+        }
         check_access(identity, &name)?;
-        self.reply(req.id, &json!({"members": self.hub.presence(&name)}));
+        let max = self.hub.0.config.max_presence_members;
+        let (members, total) = self
+            .hub
+            .lock_existing(&name)
+            .map(|c| (c.member_list(max), c.members.len()))
+            .unwrap_or_default();
+        self.reply(f.id, &json!({"members": members, "total": total}));
         Ok(())
     }
 
-    fn history(&mut self, req: &Request<'_>, identity: &Identity) -> Result<(), OpError> {
-        let fields: frame::History = req.fields()?;
-        let name = parse_channel(&fields.channel)?;
+    fn history(&mut self, f: &Frame, identity: &Identity) -> Result<(), OpError> {
+        let name = parse_channel(required(&f.channel, "channel")?)?;
         check_access(identity, &name)?;
-        let limit = fields.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
-        let since = fields.since.as_ref().map(since).transpose()?.flatten();
-        let page = self.hub.history(&name, since, limit).map_err(|_| {
-            OpError::bad_frame(format!("limit: must be between 1 and {MAX_HISTORY_LIMIT}"))
-        })?;
-        self.reply(req.id, &page);
+        let limit = f.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+        let since = f.since.as_ref().map(since).transpose()?.flatten();
+        let page = herald_connector_api::Gateway::history(&self.hub, &name, since, limit).map_err(
+            |_| OpError::bad_frame(format!("limit: must be between 1 and {MAX_HISTORY_LIMIT}")),
+        )?;
+        self.reply(f.id, &page);
         Ok(())
     }
 
     /// Adds this connection to a locked channel, telling the others when it is new there.
+    /// The broadcast channel has no member table: [`Conn::join_broadcast`] lets it in.
     fn add_member(&self, channel: &mut Channel) {
+        if channel.name.kind() == ChannelKind::Broadcast {
+            return;
+        }
         if channel
             .members
             .insert(self.conn.key, self.conn.clone())
@@ -272,29 +314,43 @@ impl Session {
         }
     }
 
-    /// Collects the frames a client missed since `since`; returns whether that is all of them.
+    /// Collects the frames a client missed since `since`, if history proves they are all of
+    /// them and they fit what is left of this connection's recovery budget (`room`, which it
+    /// then reduces). Returns whether it recovered; a refused recovery adds nothing.
     fn recover(
         &self,
         channel: &mut Channel,
         since: &Since,
         now: Instant,
+        room: &mut BacklogRoom,
         out: &mut Vec<Bytes>,
     ) -> bool {
-        let name = channel.name.clone();
-        let recovery = channel.after(since.offset, since.epoch.as_deref(), now);
-        out.extend(
-            recovery
-                .events
-                .iter()
-                .map(|s| s.event.frame([(&name, s.offset)])),
-        );
+        channel.expire(now);
         let metrics = self.hub.metrics();
-        if recovery.recovered {
-            metrics.recoveries_ok.inc()
-        } else {
-            metrics.recoveries_failed.inc()
+        let Some(events) = channel.after(since) else {
+            metrics.recoveries_failed.inc();
+            return false;
         };
-        recovery.recovered
+        let count = events.clone().count();
+        let bytes: usize = if count <= room.frames {
+            events.clone().map(|s| s.frame(&channel.name).len()).sum()
+        } else {
+            0
+        };
+        if count > room.frames || bytes > room.bytes {
+            metrics.recoveries_too_large.inc();
+            metrics.limit_hit(if count > room.frames {
+                "recovery_max_events"
+            } else {
+                "recovery_max_bytes"
+            });
+            return false;
+        }
+        room.frames -= count;
+        room.bytes -= bytes;
+        out.extend(events.map(|s| s.frame(&channel.name).clone()));
+        metrics.recoveries_ok.inc();
+        true
     }
 }
 
@@ -304,18 +360,14 @@ impl ClientSession for Session {
     }
 
     fn handle_text(&mut self, text: &str) {
-        let frames = match frame::split_frames(text) {
-            Ok(frames) => frames,
-            Err(err) => {
-                self.hub.queue(&self.conn, frame::reply_err(None, &err));
-                return;
-            }
-        };
-        for raw in frames {
+        for frame in frame::split_frames(text) {
             if self.conn.is_ending() {
                 break;
             }
-            self.handle_frame(raw);
+            match frame {
+                Ok(raw) => self.handle_frame(raw),
+                Err(err) => self.refuse(None, &err),
+            }
         }
     }
 }
@@ -324,6 +376,15 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.hub.unregister(&self.conn);
     }
+}
+
+/// 4503: a configured bound of the server is reached; the client may retry later.
+fn at_capacity(e: AtCapacity) -> OpError {
+    OpError::new(4503, e.to_string())
+}
+
+fn broadcast_presence_forbidden() -> OpError {
+    OpError::forbidden("presence of * (every connection) is for the backend API only")
 }
 
 fn parse_channel(name: &str) -> Result<ChannelName, OpError> {

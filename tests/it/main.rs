@@ -2,7 +2,9 @@
 
 mod support;
 
+mod bounds;
 mod cors;
+mod framing;
 mod http_api;
 mod process;
 mod tls;

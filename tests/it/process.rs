@@ -242,6 +242,41 @@ async fn sigterm_sends_4100_to_every_client_and_exits_0() {
 }
 
 #[tokio::test]
+async fn sigterm_answers_an_http_publish_still_in_flight() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut herald = Herald::spawn(&["--shutdown-grace", "5s"]).await;
+    let body = r#"{"event":"e","channels":["c"]}"#;
+    let mut stream = tokio::net::TcpStream::connect(&herald.addr).await.unwrap();
+    let head = format!(
+        "POST /api/publish HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {API_KEY}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        herald.addr,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body.as_bytes()[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // SAFETY: kill(2) with a pid we own and a valid signal number.
+    assert_eq!(unsafe { libc::kill(herald.pid(), libc::SIGTERM) }, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.write_all(&body.as_bytes()[10..]).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await;
+    let response = String::from_utf8_lossy(&response);
+    let status_line = response.lines().next().unwrap_or("");
+    println!("in-flight publish at SIGTERM answered: {status_line:?}");
+    assert!(
+        status_line.starts_with("HTTP/1.1 200") || status_line.starts_with("HTTP/1.1 503"),
+        "the request was dropped instead of answered: {response:?}"
+    );
+    let status = tokio::time::timeout(WAIT, herald.child.wait())
+        .await
+        .expect("exits in time")
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test]
 async fn an_invalid_config_exits_2_with_one_line_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("herald.toml");

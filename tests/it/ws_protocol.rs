@@ -362,6 +362,13 @@ async fn bad_and_expired_tokens_get_4002_and_close() {
     let mut bad = gw.connect().await;
     bad.send(json!({"op": "ident", "id": 1, "token": "not-a-jwt"}))
         .await;
+    // Every frame with an id is answered, the failed ident too, before the disconnect.
+    let reply = bad.next().await;
+    assert_eq!(
+        (&reply["op"], &reply["id"], &reply["ok"], &reply["code"]),
+        (&json!("reply"), &json!(1), &json!(false), &json!(4002)),
+        "{reply}"
+    );
     let (frame, code) = bad.expect_disconnect().await;
     assert_eq!(
         (frame["code"].clone(), frame["reconnect"].clone(), code),
@@ -374,6 +381,7 @@ async fn bad_and_expired_tokens_get_4002_and_close() {
     let mut late = gw.connect().await;
     late.send(json!({"op": "ident", "id": 1, "token": expired}))
         .await;
+    assert_eq!(late.reply_to(1).await["code"], 4002);
     assert_eq!(late.expect_disconnect().await.1, 4002);
 
     let wrong_key = jsonwebtoken::encode(
@@ -386,10 +394,11 @@ async fn bad_and_expired_tokens_get_4002_and_close() {
     forged
         .send(json!({"op": "ident", "id": 1, "token": wrong_key}))
         .await;
+    assert_eq!(forged.reply_to(1).await["code"], 4002);
     assert_eq!(forged.expect_disconnect().await.1, 4002);
 
     let mut anonymous = gw.connect().await;
-    anonymous.send(json!({"op": "ident", "id": 1})).await;
+    anonymous.send(json!({"op": "ident"})).await;
     assert_eq!(
         anonymous.expect_disconnect().await.1,
         4002,

@@ -137,3 +137,234 @@ async fn forbidden_channel_in_ident_is_refused_without_identifying() {
     assert_eq!(reply["ok"], true);
     gw.stop().await;
 }
+
+/// Publishes `n` events to `channel` in batches, as a backend catching up would.
+async fn publish_many(gw: &crate::support::Gateway, channel: &str, n: usize) {
+    for chunk in (1..=n).collect::<Vec<_>>().chunks(300) {
+        let batch: Vec<Value> = chunk
+            .iter()
+            .map(|i| json!({"event": "n", "channels": [channel], "data": {"i": i, "pad": "x".repeat(64)}}))
+            .collect();
+        gw.publish(Value::Array(batch)).await;
+    }
+}
+
+/// Identifies as `user` asking to recover `channels`; returns the client and the reply.
+async fn ident_recovering(
+    gw: &crate::support::Gateway,
+    user: &str,
+    channels: Value,
+) -> (crate::support::Client, Value) {
+    let mut client = gw.connect().await;
+    let reply = client
+        .request(json!({"op": "ident", "token": gw.token(user, None), "channels": channels}))
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    (client, reply)
+}
+
+#[tokio::test]
+async fn a_recovery_larger_than_the_client_queue_completes_with_the_defaults() {
+    const MISSED: usize = 900;
+    let gw = start(&[]).await;
+    let (first, reply) = ident_recovering(&gw, "r", json!({"a": {}, "b": {}})).await;
+    let epoch = |c: &str| {
+        reply["data"]["channels"][c]["epoch"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (epoch_a, epoch_b) = (epoch("a"), epoch("b"));
+    first.close().await;
+    publish_many(&gw, "a", MISSED).await;
+    publish_many(&gw, "b", MISSED).await;
+
+    // 1,800 missed events against a 1,024-frame client queue.
+    let channels = json!({
+        "a": {"offset": 0, "epoch": epoch_a}, "b": {"offset": 0, "epoch": epoch_b}
+    });
+    let (mut back, reply) = ident_recovering(&gw, "r", channels).await;
+    for c in ["a", "b"] {
+        assert_eq!(reply["data"]["channels"][c]["recovered"], true, "{reply}");
+    }
+    let mut events = Vec::new();
+    for _ in 0..2 * MISSED {
+        events.push(back.event().await);
+    }
+    let expected: Vec<u64> = (1..=MISSED as u64).collect();
+    let on = |c: &str| -> Vec<u64> { events.iter().filter_map(|e| e["via"][c].as_u64()).collect() };
+    assert_eq!(on("a"), expected, "every event of a, in order, once");
+    assert_eq!(on("b"), expected, "every event of b, in order, once");
+    println!(
+        "recovery: {} missed, {} received, 0 lost, 0 duplicated",
+        2 * MISSED,
+        events.len()
+    );
+    // Still connected, and live events follow.
+    gw.publish(json!({"event": "live", "channels": ["a"]}))
+        .await;
+    assert_eq!(back.event().await["via"]["a"], MISSED as u64 + 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_recovery_past_the_stated_bound_answers_recovered_false_without_4102() {
+    let gw = start(&["--recovery-max-events", "500"]).await;
+    let (first, reply) = ident_recovering(&gw, "r", json!({"big": {}, "small": {}})).await;
+    let epoch = |c: &str| {
+        reply["data"]["channels"][c]["epoch"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (epoch_big, epoch_small) = (epoch("big"), epoch("small"));
+    first.close().await;
+    publish_many(&gw, "big", 900).await;
+    publish_many(&gw, "small", 20).await;
+
+    let channels = json!({
+        "big": {"offset": 0, "epoch": epoch_big}, "small": {"offset": 0, "epoch": epoch_small}
+    });
+    let (mut back, reply) = ident_recovering(&gw, "r", channels).await;
+    let positions = &reply["data"]["channels"];
+    assert_eq!(positions["big"]["recovered"], false, "{reply}");
+    assert_eq!(positions["big"]["offset"], 900);
+    assert_eq!(positions["small"]["recovered"], true, "{reply}");
+    let small: Vec<Value> = {
+        let mut v = Vec::new();
+        for _ in 0..20 {
+            v.push(back.event().await);
+        }
+        v
+    };
+    assert_eq!(offsets(&small, "small"), (1..=20).collect::<Vec<u64>>());
+    // No 4102, no replay of `big`: the connection lives on and gets live events.
+    assert_eq!(back.request(json!({"op": "ping"})).await["ok"], true);
+    gw.publish(json!({"event": "live", "channels": ["big"]}))
+        .await;
+    assert_eq!(back.event().await["via"]["big"], 901);
+
+    // The same for join with since.
+    let (mut other, _) = ident_recovering(&gw, "s", json!({})).await;
+    let joined = other
+        .request(
+            json!({"op": "join", "channel": "big", "since": {"offset": 0, "epoch": epoch_big}}),
+        )
+        .await;
+    assert_eq!(joined["data"]["recovered"], false, "{joined}");
+    assert_eq!(other.request(json!({"op": "ping"})).await["ok"], true);
+
+    // What recovery refused, history pages through.
+    let mut since = 0;
+    let mut paged = 0;
+    loop {
+        let page = other
+            .request(json!({"op": "history", "channel": "big", "limit": 400,
+                            "since": {"offset": since, "epoch": epoch_big}}))
+            .await;
+        let events = page["data"]["events"].as_array().unwrap().clone();
+        paged += events.len();
+        since = events
+            .last()
+            .map_or(since, |e| e["via"]["big"].as_u64().unwrap());
+        if page["data"]["more"] == false {
+            assert_eq!(page["data"]["recovered"], true);
+            break;
+        }
+        assert_eq!(
+            page["data"]["recovered"], false,
+            "a cut page does not hold everything"
+        );
+    }
+    assert_eq!(paged, 901);
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("herald_recoveries_too_large_total 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"herald_limit_hits_total{limit="recovery_max_events"} 2"#),
+        "{metrics}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_position_without_an_epoch_never_claims_a_recovery_after_a_restart() {
+    let gw = start(&[]).await;
+    for i in 1..=5 {
+        gw.publish(json!({"event": "n", "channels": ["news"], "data": i}))
+            .await;
+    }
+    gw.stop().await;
+    // A restart: in-memory history is gone, the channel starts over in a new epoch.
+    let gw = start(&[]).await;
+    for i in 1..=7 {
+        gw.publish(json!({"event": "n", "channels": ["news"], "data": i}))
+            .await;
+    }
+    let (mut client, reply) = ident_recovering(&gw, "r", json!({"news": {"offset": 5}})).await;
+    assert_eq!(
+        reply["data"]["channels"]["news"]["recovered"], false,
+        "offset 5 of which epoch? {reply}"
+    );
+    client.expect_nothing(Duration::from_millis(300)).await;
+    let joined = client
+        .request(json!({"op": "join", "channel": "news", "since": {"offset": 5}}))
+        .await;
+    assert_eq!(joined["data"]["recovered"], false);
+    client.expect_nothing(Duration::from_millis(300)).await;
+    // Offset 0 means "I saw nothing": that is provable without an epoch.
+    let (mut fresh, reply) = ident_recovering(&gw, "f", json!({"news": {"offset": 0}})).await;
+    assert_eq!(reply["data"]["channels"]["news"]["recovered"], true);
+    let mut events = Vec::new();
+    for _ in 0..7 {
+        events.push(fresh.event().await);
+    }
+    assert_eq!(offsets(&events, "news"), [1, 2, 3, 4, 5, 6, 7]);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn http_history_pages_say_whether_they_hold_everything() {
+    let gw = start(&[]).await;
+    publish_many(&gw, "log", 250).await;
+    let (_, first) = gw.get("/api/channels/log/history?limit=100").await;
+    let epoch = first["epoch"].as_str().unwrap().to_owned();
+    let mut since = 0;
+    let mut seen = Vec::new();
+    loop {
+        let (status, page) = gw
+            .get(&format!(
+                "/api/channels/log/history?since={since}&epoch={epoch}&limit=100"
+            ))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let events = page["events"].as_array().unwrap();
+        seen.extend(events.iter().map(|e| e["via"]["log"].as_u64().unwrap()));
+        since = *seen.last().unwrap();
+        if page["more"] == true {
+            assert_eq!(page["recovered"], false, "a page cut to limit: {page}");
+            continue;
+        }
+        assert_eq!(page["recovered"], true);
+        break;
+    }
+    assert_eq!(seen, (1..=250).collect::<Vec<u64>>());
+    // No epoch: the offset cannot be placed, so nothing is claimed.
+    let (_, blind) = gw.get("/api/channels/log/history?since=200").await;
+    assert_eq!(blind["recovered"], false);
+    assert_eq!(blind["events"], json!([]));
+    // Reading a channel that does not exist does not create it.
+    let (_, ghost) = gw.get("/api/channels/ghost/history").await;
+    assert_eq!(
+        (ghost["offset"].clone(), ghost["events"].clone()),
+        (json!(0), json!([]))
+    );
+    let (_, channels) = gw.get("/api/channels").await;
+    assert!(
+        !channels.to_string().contains("ghost"),
+        "history created a channel: {channels}"
+    );
+    gw.stop().await;
+}

@@ -3,8 +3,13 @@
 use std::fmt;
 use std::sync::Arc;
 
-/// Longest channel name the contract allows.
+/// Longest ordinary channel name the contract allows, in characters.
 pub const MAX_CHANNEL_LEN: usize = 128;
+
+/// Longest user id, in bytes. Identity providers issue ids such as `auth0|5f7c…`,
+/// `google-oauth2|1234…`, e-mail addresses or UUIDs; 256 bytes holds all of them with room,
+/// and bounds what one personal channel name costs.
+pub const MAX_USER_ID_LEN: usize = 256;
 
 /// The broadcast channel every identified connection is in.
 pub const BROADCAST: &str = "*";
@@ -18,6 +23,10 @@ pub enum ChannelNameError {
     TooLong,
     #[error("channel name has a character other than letters, digits and _ - : . /")]
     BadCharacter,
+    #[error("user id is longer than {MAX_USER_ID_LEN} bytes")]
+    UserTooLong,
+    #[error("user id has a control character")]
+    UserControlCharacter,
 }
 
 /// Which of the three kinds of channel a name denotes.
@@ -36,7 +45,8 @@ pub enum ChannelKind {
 pub struct ChannelName(Arc<str>);
 
 impl ChannelName {
-    /// Parses a channel name as the contract defines it.
+    /// Parses a channel name as the contract defines it. A personal channel is `@` and any
+    /// user id (see [`check_user_id`]), so ids from real identity providers work.
     ///
     /// # Errors
     /// When the name is empty, too long, or has a character outside the contract's set.
@@ -44,21 +54,17 @@ impl ChannelName {
         if name == BROADCAST {
             return Ok(Self(Arc::from(name)));
         }
-        let (body, personal) = match name.strip_prefix('@') {
-            Some(user) => (user, true),
-            None => (name, false),
-        };
-        if body.is_empty() {
+        if let Some(user) = name.strip_prefix('@') {
+            check_user_id(user)?;
+            return Ok(Self(Arc::from(name)));
+        }
+        if name.is_empty() {
             return Err(ChannelNameError::Empty);
         }
         if name.chars().count() > MAX_CHANNEL_LEN {
             return Err(ChannelNameError::TooLong);
         }
-        // User ids (JWT `sub`) may be e-mail addresses, so `@` is allowed after a personal `@`.
-        if !body
-            .chars()
-            .all(|c| is_channel_char(c) || (personal && c == '@'))
-        {
+        if !name.chars().all(is_channel_char) {
             return Err(ChannelNameError::BadCharacter);
         }
         Ok(Self(Arc::from(name)))
@@ -67,9 +73,13 @@ impl ChannelName {
     /// The personal channel of `user`.
     ///
     /// # Errors
-    /// When the user id cannot form a channel name.
+    /// When `user` is not a usable user id.
     pub fn personal(user: &str) -> Result<Self, ChannelNameError> {
-        Self::parse(&format!("@{user}"))
+        check_user_id(user)?;
+        let mut name = String::with_capacity(user.len() + 1);
+        name.push('@');
+        name.push_str(user);
+        Ok(Self(Arc::from(name)))
     }
 
     /// The broadcast channel `*`.
@@ -102,6 +112,24 @@ impl ChannelName {
     pub fn as_arc(&self) -> &Arc<str> {
         &self.0
     }
+}
+
+/// A user id is 1 to [`MAX_USER_ID_LEN`] bytes of printable text: anything but control
+/// characters, which could break log lines and headers.
+///
+/// # Errors
+/// When the id is empty, too long, or has a control character.
+pub fn check_user_id(user: &str) -> Result<(), ChannelNameError> {
+    if user.is_empty() {
+        return Err(ChannelNameError::Empty);
+    }
+    if user.len() > MAX_USER_ID_LEN {
+        return Err(ChannelNameError::UserTooLong);
+    }
+    if user.chars().any(char::is_control) {
+        return Err(ChannelNameError::UserControlCharacter);
+    }
+    Ok(())
 }
 
 fn is_channel_char(c: char) -> bool {
@@ -160,6 +188,38 @@ mod tests {
         assert_eq!(
             ChannelName::parse("@a@b.c").unwrap().personal_user(),
             Some("a@b.c")
+        );
+    }
+
+    #[test]
+    fn personal_channels_take_identity_provider_user_ids() {
+        for user in [
+            "auth0|5f7c8ec7c33c6c004bbafe82",
+            "google-oauth2|112233445566778899000",
+            "alice@example.com",
+            "f81d4fae-7dec-11d0-a765-00a0c91e6bf6",
+            "CN=Alice Smith,O=Example",
+            "用户123",
+        ] {
+            let personal = ChannelName::personal(user).unwrap();
+            assert_eq!(personal.kind(), ChannelKind::Personal);
+            assert_eq!(personal.personal_user(), Some(user));
+            assert_eq!(ChannelName::parse(&format!("@{user}")).unwrap(), personal);
+        }
+        assert!(ChannelName::personal(&"x".repeat(MAX_USER_ID_LEN)).is_ok());
+        assert_eq!(
+            ChannelName::personal(&"x".repeat(MAX_USER_ID_LEN + 1)),
+            Err(ChannelNameError::UserTooLong)
+        );
+        assert_eq!(
+            ChannelName::personal("a\nb"),
+            Err(ChannelNameError::UserControlCharacter)
+        );
+        assert_eq!(ChannelName::personal(""), Err(ChannelNameError::Empty));
+        assert_eq!(
+            ChannelName::parse("auth0|x"),
+            Err(ChannelNameError::BadCharacter),
+            "ordinary names keep the contract's character set"
         );
     }
 

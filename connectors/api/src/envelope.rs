@@ -1,13 +1,20 @@
 //! The publish envelope: one JSON shape for HTTP, NATS, AMQP and file tail.
 
+use std::collections::HashSet;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::channel::ChannelName;
+use crate::compact::CompactJson;
 use crate::field::{describe, parse_json, FieldError};
 
 /// Longest event name accepted.
 pub const MAX_EVENT_NAME_LEN: usize = 256;
+
+/// Longest idempotency key accepted, in bytes: keys are remembered for the dedup window, so
+/// their size is part of what the window costs.
+pub const MAX_KEY_LEN: usize = 256;
 
 /// What a backend asks Herald to deliver.
 #[derive(Debug, Clone, Deserialize)]
@@ -23,20 +30,16 @@ pub struct Envelope {
     /// Deliver to every identified connection.
     #[serde(default)]
     pub broadcast: bool,
-    /// The payload, kept as the JSON text it came in so fan-out never re-encodes it.
-    #[serde(default = "json_null")]
-    pub data: Box<RawValue>,
+    /// The payload as compact JSON text, so fan-out never re-encodes it and it can never
+    /// carry a newline into a frame.
+    #[serde(default)]
+    pub data: CompactJson,
     /// Connection ids that must not get the event.
     #[serde(default)]
     pub except: Vec<String>,
     /// Idempotency key: the same key within the dedup window is accepted once.
     #[serde(default)]
     pub key: Option<String>,
-}
-
-fn json_null() -> Box<RawValue> {
-    // "null" is valid JSON, so this cannot fail.
-    RawValue::from_string("null".to_owned()).expect("null is JSON")
 }
 
 impl Envelope {
@@ -50,10 +53,12 @@ impl Envelope {
         Ok(env)
     }
 
-    /// Parses a body that is either one envelope or an array of them.
+    /// Parses a body that is either one envelope or an array of them. In an array each item
+    /// is parsed on its own, so one bad envelope does not refuse the others.
     ///
     /// # Errors
-    /// A [`FieldError`] naming the first bad field, indexed (`[2].event`) in an array.
+    /// A [`FieldError`] naming the first bad field of a single envelope, or `body` when the
+    /// text is not JSON at all.
     pub fn batch_from_json(json: &[u8]) -> Result<EnvelopeBatch, FieldError> {
         let first = json.iter().find(|b| !b.is_ascii_whitespace());
         if first != Some(&b'[') {
@@ -61,14 +66,12 @@ impl Envelope {
         }
         let items: Vec<&RawValue> =
             serde_json::from_slice(json).map_err(|e| FieldError::new("body", describe(&e)))?;
-        items
-            .iter()
-            .enumerate()
-            .map(|(i, raw)| {
-                Self::from_json(raw.get().as_bytes()).map_err(|e| e.within(&format!("[{i}]")))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(EnvelopeBatch::Many)
+        Ok(EnvelopeBatch::Many(
+            items
+                .iter()
+                .map(|raw| Self::from_json(raw.get().as_bytes()))
+                .collect(),
+        ))
     }
 
     /// Checks what serde cannot: names, and that there is somewhere to deliver.
@@ -89,6 +92,12 @@ impl Envelope {
             ChannelName::personal(user)
                 .map_err(|e| FieldError::new(format!("users[{i}]"), e.to_string()))?;
         }
+        if self.key.as_ref().is_some_and(|k| k.len() > MAX_KEY_LEN) {
+            return Err(FieldError::new(
+                "key",
+                format!("longer than {MAX_KEY_LEN} bytes"),
+            ));
+        }
         if self.channels.is_empty() && self.users.is_empty() && !self.broadcast {
             return Err(FieldError::new(
                 "channels",
@@ -98,27 +107,27 @@ impl Envelope {
         Ok(())
     }
 
-    /// Every channel this envelope targets, each once, in the order given.
+    /// How many targets the envelope names (before duplicates are merged).
+    pub fn target_count(&self) -> usize {
+        self.channels.len() + self.users.len() + usize::from(self.broadcast)
+    }
+
+    /// Every channel this envelope targets, each once, in the order given. Linear in the
+    /// number of targets: one envelope may name tens of thousands of users.
     pub fn targets(&self) -> Vec<ChannelName> {
-        let mut out: Vec<ChannelName> =
-            Vec::with_capacity(self.channels.len() + self.users.len() + 1);
+        let mut seen: HashSet<ChannelName> = HashSet::with_capacity(self.target_count());
         let personal = self
             .users
             .iter()
             .filter_map(|u| ChannelName::personal(u).ok());
         let broadcast = self.broadcast.then(ChannelName::broadcast);
-        for name in self
-            .channels
+        self.channels
             .iter()
             .cloned()
             .chain(personal)
             .chain(broadcast)
-        {
-            if !out.contains(&name) {
-                out.push(name);
-            }
-        }
-        out
+            .filter(|name| seen.insert(name.clone()))
+            .collect()
     }
 }
 
@@ -127,8 +136,8 @@ impl Envelope {
 pub enum EnvelopeBatch {
     /// A single envelope object.
     One(Envelope),
-    /// A JSON array of envelopes.
-    Many(Vec<Envelope>),
+    /// A JSON array of envelopes, each parsed on its own.
+    Many(Vec<Result<Envelope, FieldError>>),
 }
 
 #[cfg(test)]
@@ -157,20 +166,45 @@ mod tests {
         );
         assert_eq!(err(r#"{"event":"e"}"#), "channels");
         assert_eq!(err(r#"{"event":"e","broadcast":"yes"}"#), "broadcast");
-        assert_eq!(err(r#"{"event":"e","users":["a b"]}"#), "users[0]");
+        assert_eq!(err(r#"{"event":"e","users":["a\u0001b"]}"#), "users[0]");
         assert_eq!(err(r#"{"event":7,"broadcast":true}"#), "event");
+        let long_key = format!(
+            r#"{{"event":"e","broadcast":true,"key":"{}"}}"#,
+            "k".repeat(257)
+        );
+        assert_eq!(err(&long_key), "key");
     }
 
     #[test]
-    fn batch_errors_carry_the_index() {
-        let err = Envelope::batch_from_json(
-            br#"[{"event":"e","broadcast":true},{"event":"e","channels":[1]}]"#,
+    fn batch_items_are_parsed_one_by_one() {
+        let EnvelopeBatch::Many(items) = Envelope::batch_from_json(
+            br#" [{"event":"e","broadcast":true},{"event":"e","channels":[1]}]"#,
         )
-        .unwrap_err();
-        assert_eq!(err.field, "[1].channels[0]");
-        assert!(matches!(
-            Envelope::batch_from_json(br#" [{"event":"e","broadcast":true}]"#).unwrap(),
-            EnvelopeBatch::Many(v) if v.len() == 1
-        ));
+        .unwrap() else {
+            panic!("an array is a batch")
+        };
+        assert!(items[0].is_ok());
+        assert_eq!(items[1].as_ref().unwrap_err().field, "channels[0]");
+        assert_eq!(Envelope::batch_from_json(b"[1,").unwrap_err().field, "body");
+    }
+
+    #[test]
+    fn pretty_printed_data_is_compacted() {
+        let env = Envelope::from_json(
+            b"{\"event\":\"e\",\"channels\":[\"c\"],\"data\":[\n{\"op\":\"disconnect\",\"code\":4101}\n]}",
+        )
+        .unwrap();
+        assert_eq!(env.data.get(), r#"[{"op":"disconnect","code":4101}]"#);
+    }
+
+    #[test]
+    fn targets_merge_duplicates_in_order() {
+        let env = Envelope::from_json(
+            br#"{"event":"e","channels":["b","a","b","@u"],"users":["u","v","u"],"broadcast":true}"#,
+        )
+        .unwrap();
+        let names: Vec<_> = env.targets().iter().map(|c| c.to_string()).collect();
+        assert_eq!(names, ["b", "a", "@u", "@v", "*"]);
+        assert_eq!(env.target_count(), 8);
     }
 }

@@ -1,6 +1,6 @@
 //! JSON parsing that names the offending field, for 400s and 4000s people can act on.
 
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 /// Bad input; `field` names where (`channels[2]`, `data`, `[3].event`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,25 +20,13 @@ impl FieldError {
             message: message.into(),
         }
     }
-
-    /// The same error, with its field path put under `prefix` (e.g. the index in a batch).
-    pub fn within(self, prefix: &str) -> Self {
-        let field = if self.field.is_empty() {
-            prefix.to_owned()
-        } else if self.field.starts_with('[') {
-            format!("{prefix}{}", self.field)
-        } else {
-            format!("{prefix}.{}", self.field)
-        };
-        Self { field, ..self }
-    }
 }
 
 /// Parses JSON into `T`; on failure names the field (`body` when the text is not JSON at all).
 ///
 /// # Errors
 /// A [`FieldError`] naming the first bad field.
-pub fn parse_json<T: DeserializeOwned>(json: &[u8]) -> Result<T, FieldError> {
+pub fn parse_json<'de, T: Deserialize<'de>>(json: &'de [u8]) -> Result<T, FieldError> {
     let de = &mut serde_json::Deserializer::from_slice(json);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

@@ -27,6 +27,19 @@ pub enum PublishError {
     /// The gateway is shutting down and takes no more events.
     #[error("gateway is shutting down")]
     ShuttingDown,
+    /// A configured bound is reached (channels, idempotency keys); retry later.
+    #[error(transparent)]
+    AtCapacity(#[from] AtCapacity),
+}
+
+/// A configured bound that is reached: the config key and its value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("at capacity: {key} = {limit} reached")]
+pub struct AtCapacity {
+    /// The config key of the bound, e.g. `max_channels`.
+    pub key: &'static str,
+    /// Its configured value.
+    pub limit: usize,
 }
 
 /// One member of a channel.
@@ -64,11 +77,15 @@ pub struct HistoryPage {
     pub events: Vec<Box<RawValue>>,
     /// The channel's latest offset.
     pub offset: u64,
-    /// The channel's epoch.
+    /// The channel's epoch (empty for a channel that does not exist).
     pub epoch: String,
-    /// Whether everything after `since` is in `events` (absent when no `since` was given).
+    /// Whether this page holds every event after `since`: the position is in this epoch, no
+    /// event after it has left history, and the page was not cut (absent when no `since`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered: Option<bool>,
+    /// Whether history holds more events after this page (cut by `limit` or by size): ask
+    /// again with `since` = the last event's offset and the same epoch.
+    pub more: bool,
 }
 
 /// Why history cannot be read.
@@ -117,9 +134,10 @@ pub trait Gateway: Send + Sync + 'static {
     fn publish(&self, envelope: Envelope) -> Result<Published, PublishError>;
     /// Every channel with members or history.
     fn channels(&self) -> Vec<ChannelSummary>;
-    /// The members of a channel.
+    /// The members of a channel (for `*`, every identified connection).
     fn presence(&self, channel: &ChannelName) -> Vec<Member>;
-    /// Events of a channel after `since` (or the latest `limit`).
+    /// Events of a channel after `since` (or the latest `limit`), in a page bounded by `limit`
+    /// and by size. Never creates the channel.
     ///
     /// # Errors
     /// [`HistoryError`] for a bad limit.

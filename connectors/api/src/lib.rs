@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - [`channel`]: channel names as the contract defines them (`chat`, `@alice`, `*`).
+//! - [`compact`]: JSON payloads with no whitespace outside strings, safe inside any frame.
 //! - [`envelope`]: the one publish envelope every backend path sends.
 //! - [`field`]: JSON parsing whose errors name the offending field.
 //! - [`gateway`]: what publishers and the admin API may ask of the core.
@@ -15,6 +16,7 @@
 //! - [`connector`]: the trait inbound sources implement, and their context.
 
 pub mod channel;
+pub mod compact;
 pub mod connector;
 pub mod envelope;
 pub mod field;
@@ -22,13 +24,14 @@ pub mod gateway;
 pub mod queue;
 pub mod session;
 
-pub use channel::{ChannelKind, ChannelName, ChannelNameError};
+pub use channel::{check_user_id, ChannelKind, ChannelName, ChannelNameError};
+pub use compact::CompactJson;
 pub use connector::{Connector, ConnectorContext, ConnectorError};
 pub use envelope::{Envelope, EnvelopeBatch};
 pub use field::{parse_json, FieldError};
 pub use gateway::{
-    ChannelSummary, Gateway, GatewayInfo, HistoryError, HistoryPage, Member, PublishError,
-    Published, Since, Target,
+    AtCapacity, ChannelSummary, Gateway, GatewayInfo, HistoryError, HistoryPage, Member,
+    PublishError, Published, Since, Target,
 };
-pub use queue::{outbox, FrameSender, Outbox, QueueError, Received};
+pub use queue::{outbox, BacklogRoom, FrameSender, Outbox, OutboxLimits, QueueError, Received};
 pub use session::{ClientSession, Disconnect, OpenError, PeerInfo, SessionHub};

@@ -8,6 +8,14 @@
 //! to the caller, which cuts the connection rather than block the fan-out. The disconnect
 //! lives under the same lock and wakes the same waiter, so a woken writer touches one
 //! structure, and wakes only when the queue turns non-empty or the connection ends.
+//!
+//! Two lanes share the one FIFO. *Live* frames (events, replies, notices) are bounded in
+//! frames and in bytes ([`OutboxLimits`]); past either bound the caller cuts the connection
+//! (4102). *Backlog* frames (a reply and the events a recovery replays) are queued all at
+//! once, against a separate budget the caller checks first with [`FrameSender::backlog_room`],
+//! so a recovery larger than the live bound completes instead of tripping it, and a recovery
+//! larger than the budget is refused before anything is queued. A connection holds at most
+//! both bounds' worth.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,12 +28,37 @@ use crate::session::Disconnect;
 /// A drained queue whose buffer grew past this many frames releases it.
 const SHRINK_ABOVE: usize = 64;
 
+/// The bounds of one outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxLimits {
+    /// Most live frames queued.
+    pub frames: usize,
+    /// Most bytes of live frames queued; one frame larger than this still fits an empty queue.
+    pub bytes: usize,
+    /// Most backlog (recovery) frames queued.
+    pub backlog_frames: usize,
+    /// Most bytes of backlog frames queued.
+    pub backlog_bytes: usize,
+}
+
+/// Room left in the backlog lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BacklogRoom {
+    /// Frames that still fit.
+    pub frames: usize,
+    /// Bytes that still fit.
+    pub bytes: usize,
+}
+
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum QueueError {
-    /// The queue holds its capacity already.
-    #[error("queue full")]
-    Full,
+    /// The queue holds its frame capacity already.
+    #[error("queue full (frames)")]
+    FullFrames,
+    /// The frame would take the queue past its byte capacity.
+    #[error("queue full (bytes)")]
+    FullBytes,
     /// The receiver is gone.
     #[error("queue closed")]
     Closed,
@@ -42,16 +75,62 @@ pub enum Received {
     Closed,
 }
 
+#[derive(Debug)]
+struct Item {
+    frame: Bytes,
+    backlog: bool,
+}
+
+/// Frames and bytes of one lane.
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    frames: usize,
+    bytes: usize,
+}
+
+impl Usage {
+    fn add(&mut self, len: usize) {
+        self.frames += 1;
+        self.bytes += len;
+    }
+
+    fn remove(&mut self, len: usize) {
+        self.frames -= 1;
+        self.bytes -= len;
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
-    frames: VecDeque<Bytes>,
+    items: VecDeque<Item>,
+    live: Usage,
+    backlog: Usage,
     disconnect: Option<Disconnect>,
     closed: bool,
 }
 
+impl State {
+    fn pop(&mut self) -> Option<Bytes> {
+        let item = self.items.pop_front()?;
+        let lane = if item.backlog {
+            &mut self.backlog
+        } else {
+            &mut self.live
+        };
+        lane.remove(item.frame.len());
+        Some(item.frame)
+    }
+
+    fn clear(&mut self) {
+        self.items.clear();
+        self.live = Usage::default();
+        self.backlog = Usage::default();
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
-    capacity: usize,
+    limits: OutboxLimits,
     state: Mutex<State>,
     ready: Notify,
 }
@@ -65,10 +144,10 @@ impl Shared {
     }
 }
 
-/// An outbox of at most `capacity` frames, and its sending end.
-pub fn outbox(capacity: usize) -> (FrameSender, Outbox) {
+/// An outbox bounded by `limits`, and its sending end.
+pub fn outbox(limits: OutboxLimits) -> (FrameSender, Outbox) {
     let shared = Arc::new(Shared {
-        capacity,
+        limits,
         state: Mutex::default(),
         ready: Notify::new(),
     });
@@ -80,25 +159,72 @@ pub fn outbox(capacity: usize) -> (FrameSender, Outbox) {
 pub struct FrameSender(Arc<Shared>);
 
 impl FrameSender {
-    /// Queues a frame.
+    /// Queues a live frame.
     ///
     /// # Errors
-    /// [`QueueError::Full`] at capacity, [`QueueError::Closed`] once the receiver is gone.
+    /// [`QueueError::FullFrames`] or [`QueueError::FullBytes`] at a bound,
+    /// [`QueueError::Closed`] once the receiver is gone.
     pub fn try_send(&self, frame: Bytes) -> Result<(), QueueError> {
         let was_empty = {
             let mut state = self.0.lock();
             if state.closed {
                 return Err(QueueError::Closed);
             }
-            if state.frames.len() >= self.0.capacity {
-                return Err(QueueError::Full);
+            let limits = &self.0.limits;
+            if state.live.frames >= limits.frames {
+                return Err(QueueError::FullFrames);
             }
-            state.frames.push_back(frame);
-            state.frames.len() == 1
+            if state.live.frames > 0 && state.live.bytes + frame.len() > limits.bytes {
+                return Err(QueueError::FullBytes);
+            }
+            state.live.add(frame.len());
+            state.items.push_back(Item {
+                frame,
+                backlog: false,
+            });
+            state.items.len() == 1
         };
         // A non-empty queue was signalled when it turned non-empty and the writer drains it
         // before it waits again, so only that transition wakes it. A stored permit covers a
         // writer that is not waiting yet.
+        if was_empty {
+            self.0.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// What the backlog lane still takes.
+    pub fn backlog_room(&self) -> BacklogRoom {
+        let state = self.0.lock();
+        let limits = &self.0.limits;
+        BacklogRoom {
+            frames: limits.backlog_frames.saturating_sub(state.backlog.frames),
+            bytes: limits.backlog_bytes.saturating_sub(state.backlog.bytes),
+        }
+    }
+
+    /// Queues `frames` in order, together, in the backlog lane. The caller checked
+    /// [`Self::backlog_room`]: this lane has no bound check of its own, because what is
+    /// refused must be refused before the reply that announces it is built.
+    ///
+    /// # Errors
+    /// [`QueueError::Closed`] once the receiver is gone.
+    pub fn send_backlog(&self, frames: impl IntoIterator<Item = Bytes>) -> Result<(), QueueError> {
+        let was_empty = {
+            let mut state = self.0.lock();
+            if state.closed {
+                return Err(QueueError::Closed);
+            }
+            let was_empty = state.items.is_empty();
+            for frame in frames {
+                state.backlog.add(frame.len());
+                state.items.push_back(Item {
+                    frame,
+                    backlog: true,
+                });
+            }
+            was_empty && !state.items.is_empty()
+        };
         if was_empty {
             self.0.ready.notify_one();
         }
@@ -145,11 +271,11 @@ impl Outbox {
                 if let Some(disconnect) = &state.disconnect {
                     return Received::Ended(disconnect.clone());
                 }
-                let n = state.frames.len().min(limit);
+                let n = state.items.len().min(limit);
                 if n > 0 {
-                    out.extend(state.frames.drain(..n));
-                    if state.frames.is_empty() && state.frames.capacity() > SHRINK_ABOVE {
-                        state.frames = VecDeque::new();
+                    out.extend((0..n).filter_map(|_| state.pop()));
+                    if state.items.is_empty() && state.items.capacity() > SHRINK_ABOVE {
+                        state.items = VecDeque::new();
                     }
                     return Received::Frames(n);
                 }
@@ -175,7 +301,7 @@ impl Outbox {
 
     /// Takes one queued frame, if any.
     pub fn try_recv(&mut self) -> Option<Bytes> {
-        self.0.lock().frames.pop_front()
+        self.0.lock().pop()
     }
 }
 
@@ -183,7 +309,7 @@ impl Drop for Outbox {
     fn drop(&mut self) {
         let mut state = self.0.lock();
         state.closed = true;
-        state.frames.clear();
+        state.clear();
     }
 }
 
@@ -195,13 +321,22 @@ mod tests {
         Disconnect::new(4100, "shutdown", true)
     }
 
+    fn limits(frames: usize) -> OutboxLimits {
+        OutboxLimits {
+            frames,
+            bytes: usize::MAX,
+            backlog_frames: frames,
+            backlog_bytes: usize::MAX,
+        }
+    }
+
     #[tokio::test]
     async fn bounded_ordered_and_closable() {
-        let (tx, mut rx) = outbox(3);
+        let (tx, mut rx) = outbox(limits(3));
         for i in 0..3u8 {
             tx.try_send(Bytes::from(vec![i])).unwrap();
         }
-        assert_eq!(tx.try_send(Bytes::new()), Err(QueueError::Full));
+        assert_eq!(tx.try_send(Bytes::new()), Err(QueueError::FullFrames));
         let mut out = Vec::new();
         assert_eq!(rx.recv_many(&mut out, 2).await, Received::Frames(2));
         assert_eq!(rx.recv_many(&mut out, 10).await, Received::Frames(1));
@@ -228,14 +363,14 @@ mod tests {
             "a frame, then closed"
         );
 
-        let (tx, rx) = outbox(1);
+        let (tx, rx) = outbox(limits(1));
         drop(rx);
         assert_eq!(tx.try_send(Bytes::new()), Err(QueueError::Closed));
     }
 
     #[tokio::test]
     async fn a_waiting_writer_sees_every_frame_though_only_the_first_wakes_it() {
-        let (tx, mut rx) = outbox(100);
+        let (tx, mut rx) = outbox(limits(100));
         let writer = tokio::spawn(async move {
             let mut out = Vec::new();
             while out.len() < 30 {
@@ -261,7 +396,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_disconnect_comes_before_queued_frames_and_wakes_a_blocked_writer() {
-        let (tx, mut rx) = outbox(10);
+        let (tx, mut rx) = outbox(limits(10));
         tx.try_send(Bytes::from_static(b"a")).unwrap();
         assert!(!tx.is_ending());
         assert!(tx.end(bye()));
@@ -274,7 +409,7 @@ mod tests {
         assert_eq!(rx.recv_many(&mut out, 10).await, Received::Ended(bye()));
         assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"a")), "left queued");
 
-        let (tx, mut rx) = outbox(10);
+        let (tx, mut rx) = outbox(limits(10));
         let blocked = tokio::spawn(async move { rx.ended().await });
         tokio::task::yield_now().await;
         tx.try_send(Bytes::from_static(b"b")).unwrap();
@@ -286,12 +421,82 @@ mod tests {
 
     #[tokio::test]
     async fn drained_bursts_give_memory_back() {
-        let (tx, mut rx) = outbox(1000);
+        let (tx, mut rx) = outbox(limits(1000));
         for _ in 0..500 {
             tx.try_send(Bytes::new()).unwrap();
         }
         let mut out = Vec::new();
         while rx.recv_many(&mut out, 256).await == Received::Frames(256) {}
-        assert_eq!(rx.0.lock().frames.capacity(), 0);
+        assert_eq!(rx.0.lock().items.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn live_frames_are_bounded_in_bytes_too() {
+        let (tx, mut rx) = outbox(OutboxLimits {
+            bytes: 10,
+            ..limits(100)
+        });
+        let big = Bytes::from(vec![b'x'; 64]);
+        tx.try_send(big.clone())
+            .expect("one frame fits an empty queue");
+        assert_eq!(
+            tx.try_send(Bytes::from_static(b"y")),
+            Err(QueueError::FullBytes)
+        );
+        let mut out = Vec::new();
+        rx.recv_many(&mut out, 10).await;
+        tx.try_send(Bytes::from(vec![b'z'; 6])).unwrap();
+        tx.try_send(Bytes::from(vec![b'z'; 4])).unwrap();
+        assert_eq!(
+            tx.try_send(Bytes::from_static(b"!")),
+            Err(QueueError::FullBytes)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_backlog_has_its_own_budget_and_keeps_its_place_in_line() {
+        let (tx, mut rx) = outbox(OutboxLimits {
+            frames: 2,
+            bytes: usize::MAX,
+            backlog_frames: 5,
+            backlog_bytes: 100,
+        });
+        tx.try_send(Bytes::from_static(b"live1")).unwrap();
+        assert_eq!(
+            tx.backlog_room(),
+            BacklogRoom {
+                frames: 5,
+                bytes: 100
+            }
+        );
+        let backlog: Vec<Bytes> = (0..5).map(|i| Bytes::from(vec![b'0' + i; 10])).collect();
+        tx.send_backlog(backlog.clone()).unwrap();
+        assert_eq!(
+            tx.backlog_room(),
+            BacklogRoom {
+                frames: 0,
+                bytes: 50
+            }
+        );
+        tx.try_send(Bytes::from_static(b"live2"))
+            .expect("the backlog does not count against the live bound");
+        assert_eq!(
+            tx.try_send(Bytes::from_static(b"x")),
+            Err(QueueError::FullFrames)
+        );
+        let mut out = Vec::new();
+        rx.recv_many(&mut out, 100).await;
+        let mut expected = vec![Bytes::from_static(b"live1")];
+        expected.extend(backlog);
+        expected.push(Bytes::from_static(b"live2"));
+        assert_eq!(out, expected);
+        assert_eq!(
+            tx.backlog_room(),
+            BacklogRoom {
+                frames: 5,
+                bytes: 100
+            },
+            "draining frees the budget"
+        );
     }
 }

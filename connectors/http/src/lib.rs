@@ -2,22 +2,26 @@
 //!
 //! Every route needs `Authorization: Bearer <api key>` (401 otherwise). Bad input is answered
 //! 400 with `{"code":4000,"error":"<field>: <what is wrong>"}`, so a backend developer sees at
-//! once which field to fix.
+//! once which field to fix; a body over `max_body_size` is answered 413 (code 4009). A batch
+//! publish answers every item on its own, in order.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use herald_connector_api::envelope::EnvelopeBatch;
-use herald_connector_api::{ChannelName, Envelope, Gateway, PublishError, Since, Target};
+use herald_connector_api::{
+    ChannelName, Envelope, FieldError, Gateway, PublishError, Published, Since, Target,
+};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Default `limit` of a history read.
 const DEFAULT_HISTORY_LIMIT: usize = 100;
@@ -29,6 +33,8 @@ pub struct ApiState {
     pub gateway: Arc<dyn Gateway>,
     /// The key backends must present.
     pub api_key: Arc<str>,
+    /// Largest request body in bytes; larger is answered 413.
+    pub max_body_size: usize,
 }
 
 /// The router serving `/api/*`.
@@ -45,6 +51,7 @@ pub fn routes(state: ApiState) -> Router {
             state.clone(),
             require_api_key,
         ))
+        .layer(DefaultBodyLimit::max(state.max_body_size))
         .with_state(state)
 }
 
@@ -76,15 +83,55 @@ impl IntoResponse for ApiError {
 
 impl From<PublishError> for ApiError {
     fn from(err: PublishError) -> Self {
-        match err {
-            PublishError::Invalid(e) => Self::bad_request(&e.field, &e.message),
-            PublishError::ShuttingDown => Self {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                code: 4100,
-                message: err.to_string(),
+        let (status, code) = match &err {
+            PublishError::Invalid(e) => return Self::bad_request(&e.field, &e.message),
+            PublishError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, 4100),
+            PublishError::AtCapacity(_) => (StatusCode::SERVICE_UNAVAILABLE, 4503),
+        };
+        Self {
+            status,
+            code,
+            message: err.to_string(),
+        }
+    }
+}
+
+/// One item of a batch publish's answer: what a single publish would have answered.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ItemResult {
+    Published(Published),
+    Refused { code: u16, error: String },
+}
+
+impl From<Result<Published, ApiError>> for ItemResult {
+    fn from(result: Result<Published, ApiError>) -> Self {
+        match result {
+            Ok(published) => Self::Published(published),
+            Err(e) => Self::Refused {
+                code: e.code,
+                error: e.message,
             },
         }
     }
+}
+
+/// The request body, or 413 past the body limit.
+fn read_body(state: &ApiState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: 4009,
+                message: format!(
+                    "body: larger than max_body_size ({} bytes)",
+                    state.max_body_size
+                ),
+            }
+        } else {
+            ApiError::bad_request("body", rejection.body_text())
+        }
+    })
 }
 
 async fn require_api_key(State(state): State<ApiState>, request: Request, next: Next) -> Response {
@@ -114,19 +161,30 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn publish(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
-    let batch = Envelope::batch_from_json(&body)
-        .map_err(|e| ApiError::bad_request(&e.field, &e.message))?;
+async fn publish(
+    State(state): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = read_body(&state, body)?;
+    let batch = Envelope::batch_from_json(&body).map_err(field_error)?;
     Ok(match batch {
         EnvelopeBatch::One(envelope) => Json(state.gateway.publish(envelope)?).into_response(),
-        EnvelopeBatch::Many(envelopes) => {
-            let results = envelopes
+        EnvelopeBatch::Many(items) => {
+            let results: Vec<ItemResult> = items
                 .into_iter()
-                .map(|e| state.gateway.publish(e))
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|item| {
+                    let envelope = item.map_err(field_error)?;
+                    Ok(state.gateway.publish(envelope)?)
+                })
+                .map(ItemResult::from)
+                .collect();
             Json(results).into_response()
         }
     })
+}
+
+fn field_error(e: FieldError) -> ApiError {
+    ApiError::bad_request(&e.field, &e.message)
 }
 
 async fn channels(State(state): State<ApiState>) -> Response {
@@ -204,8 +262,11 @@ fn default_true() -> bool {
     true
 }
 
-async fn disconnect(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
-    let body: DisconnectBody = parse_body(&body)?;
+async fn disconnect(
+    State(state): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body: DisconnectBody = parse_body(&read_body(&state, body)?)?;
     let target = body.target.target()?;
     if target == Target::All {
         return Err(ApiError::bad_request("user", "user or conn is required"));
@@ -219,8 +280,9 @@ async fn disconnect(State(state): State<ApiState>, body: Bytes) -> Result<Respon
 async fn unsubscribe(
     State(state): State<ApiState>,
     Path(channel): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = read_body(&state, body)?;
     let channel = parse_channel(&channel)?;
     let body: TargetBody = if body.iter().all(u8::is_ascii_whitespace) {
         TargetBody {

@@ -1,0 +1,61 @@
+//! A deadline for a new connection's first byte, in front of every other acceptor.
+//!
+//! hyper's header-read timeout starts with the first byte of a request, and the TLS
+//! handshake timeout only covers plain-TCP peers that start a handshake, so a peer that
+//! connects and sends nothing would hold a socket (and a file descriptor) forever. Enough of
+//! them and nobody else can connect.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::time::Duration;
+
+use axum_server::accept::Accept;
+use tokio::net::TcpStream;
+
+/// Drops connections that send nothing within `timeout`, then hands the rest to `inner`.
+#[derive(Debug, Clone)]
+pub struct FirstByteDeadline<A> {
+    inner: A,
+    timeout: Duration,
+}
+
+impl<A> FirstByteDeadline<A> {
+    /// Wraps `inner` with a first-byte deadline of `timeout`.
+    pub fn new(inner: A, timeout: Duration) -> Self {
+        Self { inner, timeout }
+    }
+}
+
+type Accepted<A, S> = io::Result<(
+    <A as Accept<TcpStream, S>>::Stream,
+    <A as Accept<TcpStream, S>>::Service,
+)>;
+
+impl<A, S> Accept<TcpStream, S> for FirstByteDeadline<A>
+where
+    A: Accept<TcpStream, S> + Clone + Send + Sync + 'static,
+    A::Future: Send,
+    S: Send + 'static,
+{
+    type Stream = A::Stream;
+    type Service = A::Service;
+    type Future = Pin<Box<dyn Future<Output = Accepted<A, S>> + Send>>;
+
+    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+        let (inner, timeout) = (self.inner.clone(), self.timeout);
+        Box::pin(async move {
+            // `peek` waits for a byte without consuming it: the request (or TLS hello) is
+            // still there for hyper. (`readable` can report a fresh socket ready at once.)
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
+                Ok(Ok(_)) => inner.accept(stream, service).await,
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no request within header_timeout",
+                )),
+            }
+        })
+    }
+}

@@ -1,0 +1,255 @@
+//! What publishers and the admin API ask of the hub: publish, presence, history, disconnect.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use herald_connector_api::{
+    AtCapacity, ChannelKind, ChannelName, ChannelSummary, Envelope, FieldError, Gateway,
+    GatewayInfo, HistoryError, HistoryPage, Member, PublishError, Published, Since, Target,
+};
+use serde_json::value::RawValue;
+
+use super::channel::{Channel, Stored};
+use super::dedup::Claim;
+use super::event::EventBody;
+use super::{fanout, frame, Hub, MAX_HISTORY_LIMIT, MAX_HISTORY_PAGE_BYTES};
+
+/// A page of history as the hub reads it, before it is shaped for the API or a client.
+pub(super) struct Page {
+    /// Event frames, oldest first.
+    pub events: Vec<Box<RawValue>>,
+    /// Whether every event after the position is in `events` (`None`: no position given).
+    pub recovered: Option<bool>,
+    /// Whether history holds more events after the page.
+    pub more: bool,
+}
+
+impl Hub {
+    /// Reads a page of a locked channel: the events after `since` (or the newest `limit`),
+    /// at most `limit` of them and [`MAX_HISTORY_PAGE_BYTES`] of frames (the first always).
+    pub(super) fn read_page(
+        channel: &mut Channel,
+        since: Option<&Since>,
+        limit: usize,
+        now: Instant,
+    ) -> Page {
+        channel.expire(now);
+        let name = channel.name.clone();
+        let (found, proven): (Box<dyn Iterator<Item = &Stored>>, Option<bool>) = match since {
+            Some(since) => match channel.after(since) {
+                Some(events) => (Box::new(events), Some(true)),
+                None => (Box::new(std::iter::empty()), Some(false)),
+            },
+            None => (Box::new(channel.latest(limit)), None),
+        };
+        let mut events = Vec::new();
+        let mut bytes = 0;
+        let mut more = false;
+        for stored in found {
+            let frame = stored.frame(&name);
+            if events.len() == limit
+                || (!events.is_empty() && bytes + frame.len() > MAX_HISTORY_PAGE_BYTES)
+            {
+                more = true;
+                break;
+            }
+            bytes += frame.len();
+            // Our own frames are UTF-8 JSON.
+            if let Some(raw) = std::str::from_utf8(frame)
+                .ok()
+                .and_then(|text| RawValue::from_string(text.to_owned()).ok())
+            {
+                events.push(raw);
+            }
+        }
+        Page {
+            events,
+            recovered: proven.map(|proven| proven && !more),
+            more,
+        }
+    }
+}
+
+impl Gateway for Hub {
+    fn publish(&self, envelope: Envelope) -> Result<Published, PublishError> {
+        if self.0.shutting_down.load(Ordering::SeqCst) {
+            return Err(PublishError::ShuttingDown);
+        }
+        envelope.validate()?;
+        let max_targets = self.0.config.max_envelope_targets;
+        if envelope.target_count() > max_targets {
+            self.0.metrics.limit_hit("max_envelope_targets");
+            let field = if envelope.channels.len() > max_targets {
+                "channels"
+            } else {
+                "users"
+            };
+            return Err(FieldError::new(
+                field,
+                format!("an envelope may name at most {max_targets} targets (channels, users and broadcast together)"),
+            )
+            .into());
+        }
+        let pending = match envelope
+            .key
+            .as_deref()
+            .map(|k| self.0.dedup.claim(k, Instant::now()))
+        {
+            Some(Claim::Seen(earlier)) => {
+                self.0.metrics.duplicates_suppressed.inc();
+                return Ok(earlier);
+            }
+            Some(Claim::Full) => {
+                self.0.metrics.limit_hit("dedup_max_keys");
+                return Err(AtCapacity {
+                    key: "dedup_max_keys",
+                    limit: self.0.config.dedup_max_keys,
+                }
+                .into());
+            }
+            Some(Claim::Fresh(pending)) => Some(pending),
+            None => None,
+        };
+        let body = Arc::new(EventBody::new(&envelope.event, &envelope.data, None));
+        let result = self.fan_out(
+            &envelope.targets(),
+            &body,
+            &fanout::Skip::except(&envelope.except),
+        );
+        let published = result.map(|offsets| Published {
+            id: body.id.clone(),
+            offsets,
+        });
+        if let Some(pending) = pending {
+            pending.finish(published.as_ref().ok());
+        }
+        Ok(published?)
+    }
+
+    fn channels(&self) -> Vec<ChannelSummary> {
+        let arcs: Vec<_> = self.0.channels.iter().map(|c| c.clone()).collect();
+        let mut out: Vec<ChannelSummary> = arcs
+            .iter()
+            .map(|arc| {
+                let c = arc.lock();
+                let members = match c.name.kind() {
+                    ChannelKind::Broadcast => self.broadcast_members(usize::MAX).len(),
+                    _ => c.members.len(),
+                };
+                ChannelSummary {
+                    channel: c.name.to_string(),
+                    members,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.channel.cmp(&b.channel));
+        out
+    }
+
+    fn presence(&self, channel: &ChannelName) -> Vec<Member> {
+        if channel.kind() == ChannelKind::Broadcast {
+            return self.broadcast_members(usize::MAX);
+        }
+        self.lock_existing(channel)
+            .map(|c| c.member_list(usize::MAX))
+            .unwrap_or_default()
+    }
+
+    fn history(
+        &self,
+        name: &ChannelName,
+        since: Option<Since>,
+        limit: usize,
+    ) -> Result<HistoryPage, HistoryError> {
+        if limit == 0 || limit > MAX_HISTORY_LIMIT {
+            return Err(HistoryError::BadLimit {
+                max: MAX_HISTORY_LIMIT,
+            });
+        }
+        let Some(mut channel) = self.lock_existing(name) else {
+            // Reading does not create: an unknown channel is an empty one with no epoch yet.
+            return Ok(HistoryPage {
+                events: Vec::new(),
+                offset: 0,
+                epoch: String::new(),
+                recovered: since.map(|s| s.offset == 0),
+                more: false,
+            });
+        };
+        let page = Self::read_page(&mut channel, since.as_ref(), limit, Instant::now());
+        Ok(HistoryPage {
+            events: page.events,
+            offset: channel.last_offset,
+            epoch: channel.epoch.to_string(),
+            recovered: page.recovered,
+            more: page.more,
+        })
+    }
+
+    fn disconnect(&self, target: Target, reason: &str, reconnect: bool) -> usize {
+        self.matching_conns(&target)
+            .iter()
+            .filter(|c| {
+                c.end(herald_connector_api::Disconnect::new(
+                    4101, reason, reconnect,
+                ))
+            })
+            .count()
+    }
+
+    fn unsubscribe(&self, name: &ChannelName, target: Target) -> usize {
+        let Some(mut channel) = self.lock_existing(name) else {
+            return 0;
+        };
+        let removed: Vec<_> = match &target {
+            Target::All => channel.members.drain(..).map(|(_, c)| c).collect(),
+            Target::Conn(id) => channel
+                .members
+                .values()
+                .filter(|c| *c.id == **id)
+                .cloned()
+                .collect(),
+            Target::User(user) => channel
+                .members
+                .values()
+                .filter(|c| c.user() == user)
+                .cloned()
+                .collect(),
+        };
+        let notice = frame::unsubscribed_notice(name.as_str());
+        for conn in &removed {
+            channel.members.swap_remove(&conn.key);
+            conn.channels.lock().remove(name);
+            self.queue(conn, notice.clone());
+            self.notify_membership(&channel, "left", conn);
+        }
+        removed.len()
+    }
+
+    fn info(&self) -> GatewayInfo {
+        GatewayInfo {
+            node: self.0.config.node.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_secs: self.0.started.elapsed().as_secs(),
+            connections: self.0.conns.len(),
+            channels: self.0.channels.len(),
+        }
+    }
+}
+
+impl Hub {
+    /// Up to `limit` identified connections: the members of `*`.
+    pub(super) fn broadcast_members(&self, limit: usize) -> Vec<Member> {
+        self.0
+            .conns
+            .iter()
+            .filter(|c| c.in_broadcast())
+            .take(limit)
+            .map(|c| Member {
+                user: c.user().to_owned(),
+                conn: c.id.to_string(),
+            })
+            .collect()
+    }
+}

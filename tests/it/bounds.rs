@@ -1,0 +1,328 @@
+//! Every bound holds, answers clearly where it is hit, and is counted: presence, channels,
+//! envelope targets, idempotency keys, bodies, outbox bytes, history bytes, silent sockets.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::AsyncReadExt;
+
+use crate::support::{start, start_with, Client};
+
+async fn ident(gw: &crate::support::Gateway, user: &str) -> (Client, Value) {
+    let mut client = gw.connect().await;
+    let reply = client
+        .request(json!({"op": "ident", "token": gw.token(user, None)}))
+        .await;
+    (client, reply)
+}
+
+#[tokio::test]
+async fn clients_may_not_list_everyone_and_presence_replies_are_bounded() {
+    let gw = start(&["--max-presence-members", "3"]).await;
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        let mut c = gw.client(&format!("u{i}")).await;
+        c.request(json!({"op": "join", "channel": "room"})).await;
+        clients.push(c);
+    }
+    let asker = &mut clients[0];
+    let refused = asker
+        .request(json!({"op": "presence", "channel": "*"}))
+        .await;
+    assert_eq!(
+        (refused["ok"].clone(), refused["code"].clone()),
+        (json!(false), json!(4003))
+    );
+    let refused = asker
+        .request(json!({"op": "join", "channel": "*", "presence": true}))
+        .await;
+    assert_eq!(refused["code"], 4003);
+    let room = asker
+        .request(json!({"op": "presence", "channel": "room"}))
+        .await;
+    assert_eq!(room["data"]["members"].as_array().unwrap().len(), 3);
+    assert_eq!(room["data"]["total"], 5);
+    // The backend's API, with its key, still sees everyone.
+    let (status, everyone) = gw.get("/api/channels/*/presence").await;
+    assert_eq!(status, 200);
+    assert_eq!(everyone["members"].as_array().unwrap().len(), 5);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn identity_provider_user_ids_are_accepted_with_working_personal_channels() {
+    let gw = start(&[]).await;
+    for user in [
+        "auth0|5f7c8ec7c33c6c004bbafe82",
+        "google-oauth2|112233445566778899000",
+        "alice@example.com",
+        "f81d4fae-7dec-11d0-a765-00a0c91e6bf6",
+    ] {
+        let (mut client, reply) = ident(&gw, user).await;
+        assert_eq!(reply["ok"], true, "{user}: {reply}");
+        assert_eq!(reply["data"]["user"], user);
+        let personal = format!("@{user}");
+        assert!(reply["data"]["channels"][&personal].is_object(), "{reply}");
+        let published = gw.publish(json!({"event": "dm", "users": [user]})).await;
+        assert_eq!(published["offsets"][&personal], 1);
+        let event = client.event().await;
+        assert_eq!(event["via"][&personal], 1);
+        // The backend addresses the personal channel by name too (URL-encoded).
+        let encoded: String = personal
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (status, presence) = gw.get(&format!("/api/channels/{encoded}/presence")).await;
+        assert_eq!(status, 200, "{presence}");
+        assert_eq!(presence["members"][0]["user"], user);
+    }
+    let (_, reply) = ident(&gw, &"x".repeat(257)).await;
+    assert_eq!(reply["code"], 4002, "past the stated length: {reply}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_answers_every_item_in_order() {
+    let gw = start(&[]).await;
+    let mut alice = gw.client("alice").await;
+    let (status, results) = gw
+        .post(
+            "/api/publish",
+            &json!([
+                {"event": "one", "users": ["alice"]},
+                {"event": 5, "users": ["alice"]},
+                {"event": "three", "channels": ["not ok"]},
+                {"event": "four", "users": ["alice"]},
+            ]),
+        )
+        .await;
+    assert_eq!(status, 200, "{results}");
+    let results = results.as_array().unwrap();
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[0]["offsets"]["@alice"], 1);
+    assert_eq!(results[1]["code"], 4000);
+    assert!(results[1]["error"].as_str().unwrap().starts_with("event:"));
+    assert!(results[2]["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("channels[0]:"));
+    assert_eq!(results[3]["offsets"]["@alice"], 2);
+    assert_eq!(alice.event().await["event"], "one");
+    assert_eq!(alice.event().await["event"], "four");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn envelope_targets_are_bounded_and_a_large_fan_out_is_linear() {
+    let gw = start(&[
+        "--max-envelope-targets",
+        "100000",
+        "--max-body-size",
+        "4000000",
+    ])
+    .await;
+    let mut last = gw.client("u99999").await;
+    let users: Vec<String> = (0..100_000).map(|i| format!("u{i}")).collect();
+    // Quadratic merging of targets took 6.6 s at 80,000; linear takes well under WAIT.
+    let published = gw.publish(json!({"event": "all", "users": users})).await;
+    assert_eq!(published["offsets"].as_object().unwrap().len(), 100_000);
+    assert_eq!(last.event().await["via"]["@u99999"], 1);
+
+    let (status, body) = gw
+        .post(
+            "/api/publish",
+            &json!({"event": "too many", "users": users, "channels": ["one-more"]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().starts_with("users:"),
+        "{body}"
+    );
+    assert!(gw
+        .metrics()
+        .await
+        .contains(r#"herald_limit_hits_total{limit="max_envelope_targets"} 1"#));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_default_target_bound_refuses_with_a_400_naming_the_field() {
+    let gw = start(&["--max-body-size", "4000000"]).await;
+    let channels: Vec<String> = (0..10_001).map(|i| format!("c{i}")).collect();
+    let (status, body) = gw
+        .post("/api/publish", &json!({"event": "e", "channels": channels}))
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().starts_with("channels:"),
+        "{body}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn channels_idempotency_keys_and_bodies_are_bounded() {
+    let gw = start(&[
+        "--max-channels",
+        "4",
+        "--dedup-max-keys",
+        "2",
+        "--max-body-size",
+        "2000",
+    ])
+    .await;
+    // `*` and `@a` are channels too: two left.
+    let (mut a, reply) = ident(&gw, "a").await;
+    assert_eq!(reply["ok"], true);
+    assert_eq!(
+        a.request(json!({"op": "join", "channel": "x"})).await["ok"],
+        true
+    );
+    assert_eq!(
+        a.request(json!({"op": "join", "channel": "y"})).await["ok"],
+        true
+    );
+    let refused = a.request(json!({"op": "join", "channel": "z"})).await;
+    assert_eq!(refused["code"], 4503, "{refused}");
+    let (status, body) = gw
+        .post("/api/publish", &json!({"event": "e", "channels": ["w"]}))
+        .await;
+    assert_eq!((status, body["code"].clone()), (503, json!(4503)), "{body}");
+    // A read never creates a channel.
+    let history = a
+        .request(json!({"op": "history", "channel": "ghost"}))
+        .await;
+    assert_eq!(history["data"]["events"], json!([]), "{history}");
+
+    for key in ["k1", "k2"] {
+        gw.publish(json!({"event": "e", "channels": ["x"], "key": key}))
+            .await;
+    }
+    let (status, body) = gw
+        .post(
+            "/api/publish",
+            &json!({"event": "e", "channels": ["x"], "key": "k3"}),
+        )
+        .await;
+    assert_eq!((status, body["code"].clone()), (503, json!(4503)), "{body}");
+    let again = gw
+        .publish(json!({"event": "e", "channels": ["x"], "key": "k1"}))
+        .await;
+    assert_eq!(again["offsets"]["x"], 1, "a known key is still answered");
+
+    let big = json!({"event": "e", "channels": ["x"], "data": "x".repeat(3000)});
+    let (status, body) = gw.post("/api/publish", &big).await;
+    assert_eq!(status, 413);
+    assert_eq!(body["code"], 4009);
+    assert!(body["error"].as_str().unwrap().contains("max_body_size"));
+
+    let metrics = gw.metrics().await;
+    for limit in ["max_channels", "dedup_max_keys", "max_body_size"] {
+        assert!(
+            metrics.contains(&format!("herald_limit_hits_total{{limit=\"{limit}\"}}")),
+            "{limit} not counted: {metrics}"
+        );
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn history_is_bounded_in_bytes() {
+    let gw = start(&["--history-max-bytes", "4000"]).await;
+    for i in 0..40 {
+        gw.publish(
+            json!({"event": "e", "channels": ["log"], "data": {"i": i, "pad": "p".repeat(300)}}),
+        )
+        .await;
+    }
+    let (_, page) = gw.get("/api/channels/log/history?limit=1000").await;
+    let kept = page["events"].as_array().unwrap();
+    assert!(kept.len() < 40 && kept.len() >= 5, "kept {}", kept.len());
+    let newest = kept.last().unwrap();
+    assert_eq!(newest["via"]["log"], 40, "the newest are kept");
+    assert!(gw
+        .metrics()
+        .await
+        .contains(r#"herald_limit_hits_total{limit="history_max_bytes"}"#));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_by_the_byte_bound() {
+    let gw = start(&["--client-queue-bytes", "65536"]).await;
+    let mut slow = Client::connect_small_buffer(gw.addr).await;
+    let reply = slow
+        .request(json!({"op": "ident", "token": gw.token("slow", None), "channels": {"big": {}}}))
+        .await;
+    assert_eq!(reply["ok"], true);
+    // Far fewer frames than client_queue (1024), but megabytes of them: more than the
+    // socket buffers and the WebSocket writer can absorb.
+    for _ in 0..80 {
+        let batch: Vec<Value> = (0..10)
+            .map(|_| json!({"event": "e", "channels": ["big"], "data": "d".repeat(16_000)}))
+            .collect();
+        gw.publish(Value::Array(batch)).await;
+    }
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(r#"herald_limit_hits_total{limit="client_queue_bytes"} 1"#),
+        "{metrics}"
+    );
+    // The client, reading again, finds the 4102 after what was already on the wire.
+    loop {
+        let frame = slow.next().await;
+        if frame["op"] == "disconnect" {
+            assert_eq!(frame["code"], 4102);
+            break;
+        }
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn silent_connections_are_closed_at_the_header_timeout() {
+    let gw = start(&["--header-timeout", "1s"]).await;
+    let mut silent = Vec::new();
+    for _ in 0..50 {
+        silent.push(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+    }
+    let mut closed = 0;
+    for mut stream in silent {
+        let mut buf = [0u8; 16];
+        // A closed socket reads 0 bytes (or an error); an open, silent one blocks.
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => closed += 1,
+            Ok(Ok(n)) => panic!("a silent connection got {n} bytes"),
+            Err(_) => {}
+        }
+    }
+    println!("silent connections: 50 opened, {closed} closed by the server");
+    assert_eq!(closed, 50);
+    // Talking clients are unaffected.
+    let mut client = gw.client("talker").await;
+    assert_eq!(client.request(json!({"op": "ping"})).await["ok"], true);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_config_file_takes_every_bound() {
+    let file = "client_queue_bytes = 1000\nrecovery_max_events = 10\nrecovery_max_bytes = 1000\n\
+                max_channels = 10\nmax_envelope_targets = 10\nmax_presence_members = 10\n\
+                dedup_max_keys = 10\nmax_body_size = 1000\nheader_timeout = \"2s\"\n\
+                history_max_bytes = 1000\n[[channels]]\npattern = \"a:*\"\nhistory_max_bytes = 500\n";
+    let gw = start_with(&[], Some(file)).await;
+    let (status, _) = gw
+        .post(
+            "/api/publish",
+            &json!({"event": "e", "channels": ["c"], "data": "x".repeat(1500)}),
+        )
+        .await;
+    assert_eq!(status, 413);
+    gw.stop().await;
+}
