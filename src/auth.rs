@@ -21,9 +21,6 @@ pub enum AuthError {
     /// `sub` cannot be a user id.
     #[error("invalid token: sub is not a usable user id")]
     BadSubject,
-    /// No token and anonymous access is off.
-    #[error("token required")]
-    Missing,
 }
 
 /// Who a connection proved to be.

@@ -45,7 +45,7 @@ struct Global {
     /// Runs of each scenario per target (alternating targets).
     #[arg(long, default_value_t = 1, global = true)]
     rounds: usize,
-    /// Results folder (default: bench-results/<timestamp>, or bench-results/tmp/… in short mode).
+    /// Results folder (default: benches/results/<timestamp>, or benches/results/tmp/… in short mode).
     #[arg(long, global = true)]
     out: Option<PathBuf>,
     /// Herald binary (default: target/release/herald in the repository).
@@ -443,9 +443,9 @@ async fn run_job(ctx: &Ctx, job: &Job) -> RunResult {
 }
 
 fn repo_root() -> PathBuf {
-    // The bench crate lives in <repo>/bench.
+    // The bench crate lives in <repo>/benches/herald-bench.
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    here.parent().map(PathBuf::from).unwrap_or(here)
+    here.ancestors().nth(2).map(PathBuf::from).unwrap_or(here)
 }
 
 fn node_version(node: &str) -> String {
@@ -483,10 +483,10 @@ fn main() -> anyhow::Result<()> {
         .replace(':', "-");
     let out = g.out.clone().unwrap_or_else(|| {
         if short {
-            root.join("bench-results/tmp")
+            root.join("benches/results/tmp")
                 .join(format!("short-{stamp}"))
         } else {
-            root.join("bench-results").join(&stamp)
+            root.join("benches/results").join(&stamp)
         }
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
