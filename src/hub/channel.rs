@@ -38,18 +38,39 @@ pub struct Stored {
     /// Its offset in this channel.
     pub offset: u64,
     at: Instant,
-    /// The event itself, shared with the other channels it was published to.
-    pub event: Arc<EventBody>,
-    /// The event's frame as this channel alone delivers it (`via` this channel), built once
-    /// and then shared by every recovery and history read.
-    frame: OnceLock<Bytes>,
+    content: Content,
+}
+
+/// What history keeps of an event: the frame this channel alone delivers it in (`via` this
+/// channel), which fan-out, recoveries and history reads all share.
+enum Content {
+    /// Published to this channel only: fan-out built the frame, and it is all there is.
+    Frame(Bytes),
+    /// Published to several channels: the body is shared with them, and this channel's frame
+    /// is built on the first read.
+    Shared {
+        event: Arc<EventBody>,
+        frame: OnceLock<Bytes>,
+    },
 }
 
 impl Stored {
     /// The event frame with `via` = this channel only.
     pub fn frame(&self, channel: &ChannelName) -> &Bytes {
-        self.frame
-            .get_or_init(|| self.event.frame([(channel, self.offset)]))
+        match &self.content {
+            Content::Frame(frame) => frame,
+            Content::Shared { event, frame } => {
+                frame.get_or_init(|| event.frame([(channel, self.offset)]))
+            }
+        }
+    }
+
+    /// What the event weighs in history, in bytes.
+    fn weight(&self) -> usize {
+        match &self.content {
+            Content::Frame(frame) => frame.len(),
+            Content::Shared { event, .. } => event.weight(),
+        }
     }
 }
 
@@ -64,7 +85,7 @@ pub struct Channel {
     /// Offset of the newest event (0 before the first).
     pub last_offset: u64,
     history: VecDeque<Stored>,
-    /// What the events in `history` weigh, as [`EventBody::weight`] counts it.
+    /// What the events in `history` weigh ([`Stored::weight`]).
     history_bytes: usize,
     /// Member connections by key; an `IndexMap` so fan-out iterates a dense array. The
     /// broadcast channel has none: its members are every identified connection.
@@ -91,19 +112,28 @@ impl Channel {
 
     /// Appends an event and returns its offset, and how many old events left history to
     /// keep it within `history_max_bytes` (the count bound drops them too, but that is the
-    /// ring working as configured, not a bound hit).
-    pub fn append(&mut self, event: Arc<EventBody>, now: Instant) -> (u64, usize) {
+    /// ring working as configured, not a bound hit). `alone`: the event goes to this channel
+    /// only, so its frame is built now and kept instead of the body.
+    pub fn append(&mut self, event: &Arc<EventBody>, alone: bool, now: Instant) -> (u64, usize) {
         self.last_offset += 1;
         if self.rule.history_size == 0 {
             return (self.last_offset, 0);
         }
-        self.history_bytes += event.weight();
-        self.history.push_back(Stored {
+        let content = if alone {
+            Content::Frame(event.frame([(&self.name, self.last_offset)]))
+        } else {
+            Content::Shared {
+                event: event.clone(),
+                frame: OnceLock::new(),
+            }
+        };
+        let stored = Stored {
             offset: self.last_offset,
             at: now,
-            event,
-            frame: OnceLock::new(),
-        });
+            content,
+        };
+        self.history_bytes += stored.weight();
+        self.history.push_back(stored);
         if self.history.len() > self.rule.history_size {
             self.pop_oldest();
         }
@@ -125,7 +155,7 @@ impl Channel {
 
     fn pop_oldest(&mut self) {
         if let Some(old) = self.history.pop_front() {
-            self.history_bytes -= old.event.weight();
+            self.history_bytes -= old.weight();
         }
     }
 
@@ -227,7 +257,7 @@ mod tests {
         let now = Instant::now();
         let mut ch = channel(3, usize::MAX, Duration::from_secs(60));
         for _ in 0..5 {
-            ch.append(event(), now);
+            ch.append(&event(), true, now);
         }
         let epoch = ch.epoch.to_string();
         let e = Some(epoch.as_str());
@@ -252,7 +282,7 @@ mod tests {
         let now = Instant::now();
         let mut ch = channel(10, usize::MAX, Duration::from_secs(60));
         for _ in 0..5 {
-            ch.append(event(), now);
+            ch.append(&event(), true, now);
         }
         assert_eq!(offsets(ch.after(&since(3, None))), None);
         assert_eq!(offsets(ch.after(&since(5, None))), None);
@@ -265,18 +295,20 @@ mod tests {
     #[test]
     fn history_is_bounded_in_bytes() {
         let now = Instant::now();
-        let weight = event().weight();
+        let weight = event()
+            .frame([(&ChannelName::parse("c").unwrap(), 10)])
+            .len();
         let mut ch = channel(100, weight * 3, Duration::from_secs(60));
         for _ in 0..10 {
-            ch.append(event(), now);
+            ch.append(&event(), true, now);
         }
         assert_eq!(
             ch.latest(100).map(|s| s.offset).collect::<Vec<_>>(),
             [8, 9, 10]
         );
         let mut tiny = channel(100, 1, Duration::from_secs(60));
-        tiny.append(event(), now);
-        tiny.append(event(), now);
+        tiny.append(&event(), false, now);
+        tiny.append(&event(), false, now);
         assert_eq!(
             tiny.latest(100).map(|s| s.offset).collect::<Vec<_>>(),
             [2],
@@ -288,8 +320,8 @@ mod tests {
     fn history_expires_by_age() {
         let start = Instant::now();
         let mut ch = channel(10, usize::MAX, Duration::from_secs(1));
-        ch.append(event(), start);
-        ch.append(event(), start + Duration::from_secs(2));
+        ch.append(&event(), true, start);
+        ch.append(&event(), true, start + Duration::from_secs(2));
         let later = start + Duration::from_millis(2500);
         ch.expire(later);
         assert_eq!(ch.latest(10).count(), 1);

@@ -64,10 +64,11 @@ impl Hub {
         let now = Instant::now();
         let mut channels = self.lock_channels(targets)?;
         let mut trimmed = 0;
+        let alone = channels.len() == 1;
         let offsets: Vec<u64> = channels
             .iter_mut()
             .map(|c| {
-                let (offset, dropped) = c.append(body.clone(), now);
+                let (offset, dropped) = c.append(body, alone, now);
                 trimmed += dropped;
                 offset
             })

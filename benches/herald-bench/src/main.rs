@@ -193,7 +193,7 @@ enum Cmd {
     },
     /// Clients drop, miss events, reconnect resuming from their offset.
     Recover {
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 10000)]
         clients: usize,
         #[arg(long, default_value_t = 100)]
         missed: u64,
@@ -402,7 +402,7 @@ fn jobs(cmd: &Cmd) -> Vec<Job> {
             Job::Idle(50000, Duration::from_secs(2)),
             Job::Connect(10000),
             Job::Recover {
-                clients: 1000,
+                clients: 10000,
                 warmup: 10,
                 missed: 100,
             },
