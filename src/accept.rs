@@ -8,22 +8,30 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum_server::accept::Accept;
 use tokio::net::TcpStream;
 
+use crate::metrics::Metrics;
+
 /// Drops connections that send nothing within `timeout`, then hands the rest to `inner`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FirstByteDeadline<A> {
     inner: A,
     timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl<A> FirstByteDeadline<A> {
-    /// Wraps `inner` with a first-byte deadline of `timeout`.
-    pub fn new(inner: A, timeout: Duration) -> Self {
-        Self { inner, timeout }
+    /// Wraps `inner` with a first-byte deadline of `timeout`; drops are counted in `metrics`.
+    pub fn new(inner: A, timeout: Duration, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner,
+            timeout,
+            metrics,
+        }
     }
 }
 
@@ -43,7 +51,7 @@ where
     type Future = Pin<Box<dyn Future<Output = Accepted<A, S>> + Send>>;
 
     fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
-        let (inner, timeout) = (self.inner.clone(), self.timeout);
+        let (inner, timeout, metrics) = (self.inner.clone(), self.timeout, self.metrics.clone());
         Box::pin(async move {
             // `peek` waits for a byte without consuming it: the request (or TLS hello) is
             // still there for hyper. (`readable` can report a fresh socket ready at once.)
@@ -51,10 +59,13 @@ where
             match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
                 Ok(Ok(_)) => inner.accept(stream, service).await,
                 Ok(Err(e)) => Err(e),
-                Err(_) => Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no request within header_timeout",
-                )),
+                Err(_) => {
+                    metrics.limit_hit("header_timeout");
+                    Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no request within header_timeout",
+                    ))
+                }
             }
         })
     }

@@ -254,11 +254,19 @@ impl Prepared {
             Some(tls) => {
                 let rustls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
                 let tls = axum_server::tls_rustls::RustlsAcceptor::new(rustls).acceptor(nodelay);
-                let server = server.acceptor(FirstByteDeadline::new(tls, header_timeout));
+                let server = server.acceptor(FirstByteDeadline::new(
+                    tls,
+                    header_timeout,
+                    hub.metrics().clone(),
+                ));
                 tokio::spawn(with_header_timeout(server, header_timeout).serve(service))
             }
             None => {
-                let server = server.acceptor(FirstByteDeadline::new(nodelay, header_timeout));
+                let server = server.acceptor(FirstByteDeadline::new(
+                    nodelay,
+                    header_timeout,
+                    hub.metrics().clone(),
+                ));
                 tokio::spawn(with_header_timeout(server, header_timeout).serve(service))
             }
         };

@@ -134,7 +134,9 @@ impl Gateway for Hub {
             .map(|arc| {
                 let c = arc.lock();
                 let members = match c.name.kind() {
-                    ChannelKind::Broadcast => self.broadcast_members(usize::MAX).len(),
+                    ChannelKind::Broadcast => {
+                        self.0.conns.iter().filter(|c| c.in_broadcast()).count()
+                    }
                     _ => c.members.len(),
                 };
                 ChannelSummary {
@@ -149,7 +151,7 @@ impl Gateway for Hub {
 
     fn presence(&self, channel: &ChannelName) -> Vec<Member> {
         if channel.kind() == ChannelKind::Broadcast {
-            return self.broadcast_members(usize::MAX);
+            return self.broadcast_members();
         }
         self.lock_existing(channel)
             .map(|c| c.member_list(usize::MAX))
@@ -239,13 +241,12 @@ impl Gateway for Hub {
 }
 
 impl Hub {
-    /// Up to `limit` identified connections: the members of `*`.
-    pub(super) fn broadcast_members(&self, limit: usize) -> Vec<Member> {
+    /// The identified connections: the members of `*`.
+    fn broadcast_members(&self) -> Vec<Member> {
         self.0
             .conns
             .iter()
             .filter(|c| c.in_broadcast())
-            .take(limit)
             .map(|c| Member {
                 user: c.user().to_owned(),
                 conn: c.id.to_string(),

@@ -140,7 +140,7 @@ impl Session {
             .filter(|c| c.kind() == ChannelKind::Ordinary)
             .count();
         if ordinary > config.max_channels_per_connection {
-            return Err(OpError::forbidden("too many channels"));
+            return Err(self.too_many_channels());
         }
 
         let mut channels = self.hub.lock_channels(&names).map_err(at_capacity)?;
@@ -188,16 +188,16 @@ impl Session {
                 .count();
             if !joined.contains(&name) && ordinary >= self.hub.0.config.max_channels_per_connection
             {
-                return Err(OpError::forbidden("too many channels"));
+                return Err(self.too_many_channels());
             }
         }
         let mut channel = self.hub.lock_channel(&name).map_err(at_capacity)?;
         self.add_member(&mut channel);
         let mut data = json!({"offset": channel.last_offset, "epoch": &*channel.epoch});
         if f.presence {
-            let max = self.hub.0.config.max_presence_members;
-            data["members"] = json!(channel.member_list(max));
-            data["total"] = json!(channel.members.len());
+            let (members, total) = self.member_list(&channel);
+            data["members"] = json!(members);
+            data["total"] = json!(total);
         }
         match &since {
             Some(since) => {
@@ -276,11 +276,10 @@ impl Session {
             return Err(broadcast_presence_forbidden());
         }
         check_access(identity, &name)?;
-        let max = self.hub.0.config.max_presence_members;
         let (members, total) = self
             .hub
             .lock_existing(&name)
-            .map(|c| (c.member_list(max), c.members.len()))
+            .map(|c| self.member_list(&c))
             .unwrap_or_default();
         self.reply(f.id, &json!({"members": members, "total": total}));
         Ok(())
@@ -296,6 +295,21 @@ impl Session {
         )?;
         self.reply(f.id, &page);
         Ok(())
+    }
+
+    fn too_many_channels(&self) -> OpError {
+        self.hub.metrics().limit_hit("max_channels_per_connection");
+        OpError::forbidden("too many channels")
+    }
+
+    /// A locked channel's members as a client may see them: at most `max_presence_members`,
+    /// and how many there are.
+    fn member_list(&self, channel: &Channel) -> (Vec<herald_connector_api::Member>, usize) {
+        let max = self.hub.0.config.max_presence_members;
+        if channel.members.len() > max {
+            self.hub.metrics().limit_hit("max_presence_members");
+        }
+        (channel.member_list(max), channel.members.len())
     }
 
     /// Adds this connection to a locked channel, telling the others when it is new there.

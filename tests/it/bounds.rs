@@ -42,6 +42,10 @@ async fn clients_may_not_list_everyone_and_presence_replies_are_bounded() {
         .await;
     assert_eq!(room["data"]["members"].as_array().unwrap().len(), 3);
     assert_eq!(room["data"]["total"], 5);
+    assert!(gw
+        .metrics()
+        .await
+        .contains(r#"herald_limit_hits_total{limit="max_presence_members"} 1"#));
     // The backend's API, with its key, still sees everyone.
     let (status, everyone) = gw.get("/api/channels/*/presence").await;
     assert_eq!(status, 200);
@@ -304,6 +308,10 @@ async fn silent_connections_are_closed_at_the_header_timeout() {
     }
     println!("silent connections: 50 opened, {closed} closed by the server");
     assert_eq!(closed, 50);
+    assert!(gw
+        .metrics()
+        .await
+        .contains(r#"herald_limit_hits_total{limit="header_timeout"} 50"#));
     // Talking clients are unaffected.
     let mut client = gw.client("talker").await;
     assert_eq!(client.request(json!({"op": "ping"})).await["ok"], true);
