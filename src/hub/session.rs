@@ -110,11 +110,9 @@ impl Session {
             Err(why) => {
                 tracing::info!(conn = %self.conn.id, error = %why, "authentication failed");
                 let message = format!("authentication failed: {why}");
-                // Every frame with an id is answered, the one that ends the connection too:
-                // the reply is flushed before the disconnect.
-                if f.id.is_some() {
-                    self.refuse(f.id, &OpError::new(4002, message.clone()));
-                }
+                // The error is reported like any other (with the frame's id, if it had one),
+                // and flushed before the disconnect that ends the connection.
+                self.refuse(f.id, &OpError::new(4002, message.clone()));
                 self.conn.end(Disconnect::new(4002, message, false));
                 return Ok(());
             }

@@ -399,6 +399,12 @@ async fn bad_and_expired_tokens_get_4002_and_close() {
 
     let mut anonymous = gw.connect().await;
     anonymous.send(json!({"op": "ident"})).await;
+    let error = anonymous.next().await;
+    assert_eq!(
+        (&error["op"], &error["id"], &error["code"]),
+        (&json!("reply"), &json!(null), &json!(4002)),
+        "an error without id is still reported: {error}"
+    );
     assert_eq!(
         anonymous.expect_disconnect().await.1,
         4002,

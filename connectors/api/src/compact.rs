@@ -20,11 +20,12 @@ impl CompactJson {
     pub fn new(raw: Box<RawValue>) -> Self {
         match first_outside_whitespace(raw.get()) {
             None => Self(raw),
-            Some(at) => {
-                let text = compact_from(raw.get(), at);
-                // Dropping whitespace between tokens of valid JSON leaves valid JSON.
-                Self(RawValue::from_string(text).unwrap_or(raw))
-            }
+            Some(at) => match RawValue::from_string(compact_from(raw.get(), at)) {
+                Ok(compact) => Self(compact),
+                // Dropping whitespace between tokens of valid JSON leaves valid JSON, so this
+                // is not reached; if it were, re-encoding is compact by construction.
+                Err(_) => Self(reencode(&raw)),
+            },
         }
     }
 
@@ -60,6 +61,13 @@ impl Serialize for CompactJson {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.0.serialize(s)
     }
+}
+
+/// `raw` parsed and written again by serde_json, which writes no whitespace.
+fn reencode(raw: &RawValue) -> Box<RawValue> {
+    serde_json::from_str::<serde_json::Value>(raw.get())
+        .and_then(|value| serde_json::value::to_raw_value(&value))
+        .unwrap_or_else(|_| RawValue::NULL.to_owned())
 }
 
 /// Walks JSON text a byte at a time, telling which bytes are whitespace between tokens.
