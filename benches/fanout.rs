@@ -68,6 +68,7 @@ fn members(hub: &Hub, n: usize) -> Vec<(Box<dyn ClientSession>, Outbox)> {
                 .open(PeerInfo {
                     transport: "bench",
                     remote: None,
+                    event_meta: false,
                 })
                 .expect("open");
             let token = auth.mint(&format!("u{i}"), None, Duration::from_secs(3600));

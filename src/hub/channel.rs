@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use herald_connector_api::{ChannelName, Member, Since};
+use herald_connector_api::{ChannelName, EventMeta, Member, Since};
 use indexmap::IndexMap;
 use rand::distr::{Alphanumeric, SampleString};
 
@@ -38,6 +38,8 @@ pub struct Stored {
     /// Its offset in this channel.
     pub offset: u64,
     at: Instant,
+    /// The event's name, for transports that want [`EventMeta`].
+    name: Arc<str>,
     content: Content,
 }
 
@@ -63,6 +65,14 @@ impl Stored {
                 frame.get_or_init(|| event.frame([(channel, self.offset)]))
             }
         }
+    }
+
+    /// What the event is, as a recovery in this channel delivers it.
+    pub fn meta(&self, channel: &ChannelName) -> Arc<EventMeta> {
+        Arc::new(EventMeta {
+            event: self.name.clone(),
+            via: vec![(channel.clone(), self.offset)],
+        })
     }
 
     /// What the event weighs in history, in bytes.
@@ -130,6 +140,7 @@ impl Channel {
         let stored = Stored {
             offset: self.last_offset,
             at: now,
+            name: event.name.clone(),
             content,
         };
         self.history_bytes += stored.weight();

@@ -6,7 +6,8 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use herald_connector_api::{
-    outbox, BacklogRoom, ChannelName, Disconnect, FrameSender, Outbox, OutboxLimits, QueueError,
+    outbox, BacklogRoom, ChannelName, Disconnect, EventMeta, FrameSender, OutFrame, Outbox,
+    OutboxLimits, QueueError,
 };
 use parking_lot::Mutex;
 
@@ -40,12 +41,19 @@ pub struct Conn {
     pub channels: Mutex<HashSet<ChannelName>>,
     /// Set once the `ident` reply is queued: from then on broadcasts reach this connection.
     in_broadcast: AtomicBool,
+    /// Whether event frames are queued with their [`EventMeta`] (the transport asked).
+    pub event_meta: bool,
     frames_tx: FrameSender,
 }
 
 impl Conn {
     /// A connection with an outbox bounded by `limits`, and the outbox for its transport.
-    pub fn new(key: u64, id: Arc<str>, limits: OutboxLimits) -> (Arc<Self>, Outbox) {
+    pub fn new(
+        key: u64,
+        id: Arc<str>,
+        limits: OutboxLimits,
+        event_meta: bool,
+    ) -> (Arc<Self>, Outbox) {
         let (frames_tx, outbox) = outbox(limits);
         let conn = Self {
             key,
@@ -53,6 +61,7 @@ impl Conn {
             identity: OnceLock::new(),
             channels: Mutex::new(HashSet::new()),
             in_broadcast: AtomicBool::new(false),
+            event_meta,
             frames_tx,
         };
         (Arc::new(conn), outbox)
@@ -88,7 +97,18 @@ impl Conn {
     /// Queues a frame without waiting; a full queue cuts the connection with 4102, so the
     /// sender (the fan-out path) never waits on a slow client and memory stays bounded.
     pub fn queue(&self, frame: Bytes) -> Queued {
-        match self.frames_tx.try_send(frame) {
+        self.queue_out(OutFrame::plain(frame))
+    }
+
+    /// Queues an event frame, with its metadata if this connection wants it (`meta` is only
+    /// called then, so other transports pay nothing for it).
+    pub fn queue_event(&self, frame: Bytes, meta: &dyn Fn() -> Arc<EventMeta>) -> Queued {
+        let meta = self.event_meta.then(meta);
+        self.queue_out(OutFrame { frame, meta })
+    }
+
+    fn queue_out(&self, out: OutFrame) -> Queued {
+        match self.frames_tx.try_send(out) {
             Ok(()) => Queued::Yes,
             Err(full @ (QueueError::FullFrames | QueueError::FullBytes)) => {
                 if self.end(Disconnect::new(
@@ -114,7 +134,7 @@ impl Conn {
 
     /// Queues a reply and the events a recovery replays, together and in order; the caller
     /// checked [`Self::backlog_room`].
-    pub fn queue_backlog(&self, frames: Vec<Bytes>) {
+    pub fn queue_backlog(&self, frames: Vec<OutFrame>) {
         // Closed means the connection is gone; nothing is owed to it.
         let _ = self.frames_tx.send_backlog(frames);
     }

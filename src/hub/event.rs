@@ -1,5 +1,6 @@
 //! An event serialized once per publish; frames differ per recipient only in `via`.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -22,6 +23,8 @@ pub struct From<'a> {
 pub struct EventBody {
     /// UUIDv7 of the event.
     pub id: String,
+    /// The event's name.
+    pub name: Arc<str>,
     /// `{"op":"event","event":…,"data":…,"id":…,"ts":…[,"from":…]` without the closing brace.
     prefix: Bytes,
 }
@@ -52,6 +55,7 @@ impl EventBody {
         }
         Self {
             id,
+            name: Arc::from(event),
             prefix: Bytes::from(out),
         }
     }

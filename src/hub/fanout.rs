@@ -1,11 +1,12 @@
 //! Fan-out: one event to every matching connection, once each, with `via`.
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use herald_connector_api::{AtCapacity, ChannelName};
+use herald_connector_api::{AtCapacity, ChannelName, EventMeta};
 use smallvec::SmallVec;
 
 use super::conn::Conn;
@@ -48,6 +49,28 @@ impl<'a> Skip<'a> {
     }
 }
 
+/// An event's [`EventMeta`] for one `via`, built on first use: only connections whose
+/// transport asked for it (SSE) make it exist, and then once per publish, shared.
+#[derive(Default)]
+struct LazyMeta(OnceCell<Arc<EventMeta>>);
+
+impl LazyMeta {
+    fn get(
+        &self,
+        body: &EventBody,
+        via: impl FnOnce() -> Vec<(ChannelName, u64)>,
+    ) -> Arc<EventMeta> {
+        self.0
+            .get_or_init(|| {
+                Arc::new(EventMeta {
+                    event: body.name.clone(),
+                    via: via(),
+                })
+            })
+            .clone()
+    }
+}
+
 impl Hub {
     /// Appends `body` to every target's history and queues it to every matching connection.
     /// Returns the offset it got in each target.
@@ -84,9 +107,11 @@ impl Hub {
                 .newest_frame(offsets[0])
                 .cloned()
                 .unwrap_or_else(|| body.frame([(&channel.name, offsets[0])]));
+            let meta = LazyMeta::default();
+            let meta = || meta.get(body, || vec![(channel.name.clone(), offsets[0])]);
             self.for_each_member(channel, |member| {
                 if !skip.skips(member) {
-                    delivered += u64::from(self.queue(member, frame.clone()));
+                    delivered += u64::from(self.queue_event(member, frame.clone(), &meta));
                 }
             });
         } else {
@@ -104,23 +129,33 @@ impl Hub {
                     }
                 });
             }
-            let mut frames: HashMap<&SmallVec<[u32; 4]>, Bytes> = HashMap::new();
+            let mut frames: HashMap<&SmallVec<[u32; 4]>, (Bytes, LazyMeta)> = HashMap::new();
             for (conn, via) in matched.values() {
-                let frame = frames.entry(via).or_insert_with(|| match via.as_slice() {
-                    // Matched through one target only: history's frame for it is the same.
-                    &[i] => {
-                        let (channel, offset) = (&channels[i as usize], offsets[i as usize]);
-                        channel
-                            .newest_frame(offset)
-                            .cloned()
-                            .unwrap_or_else(|| body.frame([(&channel.name, offset)]))
-                    }
-                    many => body.frame(
-                        many.iter()
-                            .map(|&i| (&channels[i as usize].name, offsets[i as usize])),
-                    ),
+                let (frame, meta) = frames.entry(via).or_insert_with(|| {
+                    let frame = match via.as_slice() {
+                        // Matched through one target only: history's frame for it is the same.
+                        &[i] => {
+                            let (channel, offset) = (&channels[i as usize], offsets[i as usize]);
+                            channel
+                                .newest_frame(offset)
+                                .cloned()
+                                .unwrap_or_else(|| body.frame([(&channel.name, offset)]))
+                        }
+                        many => body.frame(
+                            many.iter()
+                                .map(|&i| (&channels[i as usize].name, offsets[i as usize])),
+                        ),
+                    };
+                    (frame, LazyMeta::default())
                 });
-                delivered += u64::from(self.queue(conn, frame.clone()));
+                let meta = || {
+                    meta.get(body, || {
+                        via.iter()
+                            .map(|&i| (channels[i as usize].name.clone(), offsets[i as usize]))
+                            .collect()
+                    })
+                };
+                delivered += u64::from(self.queue_event(conn, frame.clone(), &meta));
             }
         }
         self.0.metrics.events_in.inc();

@@ -321,7 +321,21 @@ impl Hub {
 
     /// Queues a frame to a connection, counting slow-consumer cuts.
     fn queue(&self, conn: &Conn, frame: bytes::Bytes) -> bool {
-        match conn.queue(frame) {
+        self.count_queued(conn.queue(frame))
+    }
+
+    /// Queues an event frame (and its metadata, where the connection wants it).
+    fn queue_event(
+        &self,
+        conn: &Conn,
+        frame: bytes::Bytes,
+        meta: &dyn Fn() -> Arc<herald_connector_api::EventMeta>,
+    ) -> bool {
+        self.count_queued(conn.queue_event(frame, meta))
+    }
+
+    fn count_queued(&self, queued: conn::Queued) -> bool {
+        match queued {
             conn::Queued::Yes => true,
             conn::Queued::Overflowed { bytes } => {
                 self.0.metrics.slow_consumer_cuts.inc();
@@ -387,7 +401,7 @@ impl SessionHub for Hub {
         }
         let key = self.0.next_conn.fetch_add(1, Ordering::Relaxed);
         let id: Arc<str> = Arc::from(format!("c_{}_{key}", self.0.config.node));
-        let (conn, outbox) = Conn::new(key, id.clone(), self.0.config.outbox);
+        let (conn, outbox) = Conn::new(key, id.clone(), self.0.config.outbox, peer.event_meta);
         self.0.conns.insert(id, conn.clone());
         self.0.metrics.connections.inc();
         self.0.metrics.connections_opened.inc();
@@ -457,7 +471,64 @@ mod tests {
         PeerInfo {
             transport: "test",
             remote: None,
+            event_meta: false,
         }
+    }
+
+    #[test]
+    fn the_typed_ident_answers_directly_and_events_carry_meta_only_where_asked() {
+        use herald_connector_api::{IdentRequest, OutFrame, Since};
+        let hub = hub();
+        let auth = Auth::new("s");
+        let token = auth.mint("ann", None, Duration::from_secs(60));
+        let (mut plain, mut plain_out) = hub.open(peer()).unwrap();
+        let (mut sse, mut sse_out) = hub
+            .open(PeerInfo {
+                event_meta: true,
+                ..peer()
+            })
+            .unwrap();
+        let refused = sse
+            .ident(IdentRequest {
+                token: Some("forged".into()),
+                channels: Vec::new(),
+            })
+            .unwrap_err();
+        assert_eq!(refused.code, 4002);
+        let channels = vec![("news".to_owned(), None::<Since>)];
+        let identified = sse
+            .ident(IdentRequest {
+                token: Some(token.clone()),
+                channels: channels.clone(),
+            })
+            .unwrap();
+        assert_eq!(identified.user, "ann");
+        assert_eq!(identified.channels["news"].offset, 0);
+        assert!(identified.channels.contains_key("*") && identified.channels.contains_key("@ann"));
+        plain
+            .ident(IdentRequest {
+                token: Some(token),
+                channels,
+            })
+            .unwrap();
+        hub.publish(
+            Envelope::from_json(br#"{"event":"E","channels":["news"],"users":["ann"]}"#).unwrap(),
+        )
+        .unwrap();
+        let next = |outbox: &mut Outbox| -> OutFrame {
+            let mut frames: Vec<OutFrame> = Vec::new();
+            futures_util::FutureExt::now_or_never(outbox.recv_many(&mut frames, 1));
+            frames.pop().expect("a frame")
+        };
+        let with_meta = next(&mut sse_out);
+        let meta = with_meta.meta.expect("sse asked for meta");
+        assert_eq!(&*meta.event, "E");
+        let via: Vec<_> = meta.via.iter().map(|(c, o)| (c.as_str(), *o)).collect();
+        assert_eq!(via, [("news", 1), ("@ann", 1)]);
+        assert!(
+            next(&mut plain_out).meta.is_none(),
+            "ws pays nothing for it"
+        );
     }
 
     #[test]
@@ -505,7 +576,7 @@ mod tests {
         hub.shut_down();
         let opened = opener.join().unwrap();
         for (_, mut outbox) in opened {
-            let mut frames = Vec::new();
+            let mut frames: Vec<bytes::Bytes> = Vec::new();
             let received = futures_util::FutureExt::now_or_never(outbox.recv_many(&mut frames, 1));
             assert!(
                 matches!(received, Some(herald_connector_api::Received::Ended(ref d)) if d.code == 4100),

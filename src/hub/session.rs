@@ -4,10 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use herald_connector_api::{
-    AtCapacity, BacklogRoom, ChannelKind, ChannelName, ClientSession, CompactJson, Disconnect,
-    PeerInfo, Since,
+    AtCapacity, BacklogRoom, ChannelKind, ChannelName, ChannelPosition, ClientSession, CompactJson,
+    Disconnect, IdentRefused, IdentRequest, Identified, OutFrame, PeerInfo, Since,
 };
 use serde_json::json;
 
@@ -87,42 +86,64 @@ impl Session {
         &self,
         id: Option<u64>,
         data: &impl serde::Serialize,
-        recovered: Vec<Bytes>,
+        recovered: Vec<OutFrame>,
     ) {
         let mut frames = Vec::with_capacity(recovered.len() + 1);
-        frames.extend(id.map(|id| frame::reply_ok(id, data)));
+        frames.extend(id.map(|id| OutFrame::plain(frame::reply_ok(id, data))));
         frames.extend(recovered);
         self.conn.queue_backlog(frames);
     }
 
+    /// The `ident` op: the same as [`ClientSession::ident`], answered with a reply frame.
     fn ident(&mut self, f: &Frame) -> Result<(), OpError> {
+        let mut wanted = Vec::with_capacity(f.channels.len());
+        for (name, position) in &f.channels {
+            let position = since(position).map_err(|_| {
+                OpError::bad_frame(format!("channels.{name}: offset is required with epoch"))
+            })?;
+            wanted.push((name.clone(), position));
+        }
+        match self.identify(f.token.as_deref(), &wanted, f.id) {
+            Ok(_) => Ok(()),
+            Err(err) if err.code == 4002 => {
+                // The error is reported like any other (with the frame's id, if it had one),
+                // and flushed before the disconnect that ends the connection.
+                self.refuse(f.id, &err);
+                self.conn.end(Disconnect::new(4002, err.message, false));
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Verifies the token, joins the personal, broadcast, default and asked channels, and
+    /// recovers the asked positions. With `reply_id`, the reply is queued ahead of the
+    /// recovered events; either way the result is returned.
+    fn identify(
+        &mut self,
+        token: Option<&str>,
+        wanted: &[(String, Option<Since>)],
+        reply_id: Option<u64>,
+    ) -> Result<Identified, OpError> {
         if self.conn.identity.get().is_some() {
             return Err(OpError::bad_frame("already identified"));
         }
         let config = &self.hub.0.config;
-        let identity = match f.token.as_deref() {
+        let identity = match token {
             Some(token) => config.auth.verify(token).map_err(|e| e.to_string()),
             None if config.allow_anonymous => Ok(Identity::anonymous()),
             None => Err("token required".to_owned()),
         };
-        let identity = match identity {
-            Ok(identity) => identity,
-            Err(why) => {
-                tracing::info!(conn = %self.conn.id, error = %why, "authentication failed");
-                let message = format!("authentication failed: {why}");
-                // The error is reported like any other (with the frame's id, if it had one),
-                // and flushed before the disconnect that ends the connection.
-                self.refuse(f.id, &OpError::new(4002, message.clone()));
-                self.conn.end(Disconnect::new(4002, message, false));
-                return Ok(());
-            }
-        };
-        let mut wanted: Vec<(ChannelName, Option<Since>)> = Vec::with_capacity(f.channels.len());
-        for (name, position) in &f.channels {
+        let identity = identity.map_err(|why| {
+            tracing::info!(conn = %self.conn.id, error = %why, "authentication failed");
+            OpError::new(4002, format!("authentication failed: {why}"))
+        })?;
+        let mut asked: Vec<(ChannelName, Option<&Since>)> = Vec::with_capacity(wanted.len());
+        for (name, position) in wanted {
             let channel = parse_channel(name)
                 .map_err(|e| OpError::bad_frame(format!("channels.{name}: {}", e.message)))?;
             check_access(&identity, &channel)?;
-            wanted.push((channel, since(position)?));
+            asked.push((channel, position.as_ref()));
         }
         // `*` is locked for a consistent cut of the broadcast (see the hub's module doc).
         let mut names: Vec<ChannelName> = vec![ChannelName::broadcast()];
@@ -130,7 +151,7 @@ impl Session {
             names.push(personal);
         }
         names.extend(config.default_channels.iter().cloned());
-        names.extend(wanted.iter().map(|(c, _)| c.clone()));
+        names.extend(asked.iter().map(|(c, _)| c.clone()));
         names.sort();
         names.dedup();
         let ordinary = names
@@ -149,26 +170,33 @@ impl Session {
         let mut recovered_frames = Vec::new();
         for channel in channels.iter_mut() {
             self.add_member(channel);
-            let asked = wanted
+            let since = asked
                 .iter()
                 .find(|(c, _)| *c == channel.name)
-                .and_then(|(_, s)| s.as_ref());
-            let recovered = asked
+                .and_then(|(_, s)| *s);
+            let recovered = since
                 .is_some_and(|s| self.recover(channel, s, now, &mut room, &mut recovered_frames));
             positions.insert(
                 channel.name.to_string(),
-                json!({"offset": channel.last_offset, "epoch": &*channel.epoch, "recovered": recovered}),
+                ChannelPosition {
+                    offset: channel.last_offset,
+                    epoch: channel.epoch.to_string(),
+                    recovered,
+                },
             );
         }
-        let data = json!({
-            "user": &*identity.user, "conn": &*self.conn.id, "node": &*config.node, "channels": positions,
-        });
+        let identified = Identified {
+            user: identity.user.to_string(),
+            conn: self.conn.id.to_string(),
+            node: config.node.to_string(),
+            channels: positions,
+        };
         // Reply, then recovered events, all before any live event: the channel locks are held,
         // and broadcasts reach this connection only from here on.
-        self.reply_with_backlog(f.id, &data, recovered_frames);
+        self.reply_with_backlog(reply_id, &identified, recovered_frames);
         self.conn.join_broadcast();
         drop(channels);
-        Ok(())
+        Ok(identified)
     }
 
     fn join(&mut self, f: &Frame, identity: &Identity) -> Result<(), OpError> {
@@ -335,7 +363,7 @@ impl Session {
         since: &Since,
         now: Instant,
         room: &mut BacklogRoom,
-        out: &mut Vec<Bytes>,
+        out: &mut Vec<OutFrame>,
     ) -> bool {
         channel.expire(now);
         let metrics = self.hub.metrics();
@@ -360,7 +388,11 @@ impl Session {
         }
         room.frames -= count;
         room.bytes -= bytes;
-        out.extend(events.map(|s| s.frame(&channel.name).clone()));
+        let with_meta = self.conn.event_meta;
+        out.extend(events.map(|s| OutFrame {
+            frame: s.frame(&channel.name).clone(),
+            meta: with_meta.then(|| s.meta(&channel.name)),
+        }));
         metrics.recoveries_ok.inc();
         true
     }
@@ -369,6 +401,14 @@ impl Session {
 impl ClientSession for Session {
     fn conn_id(&self) -> &str {
         &self.conn.id
+    }
+
+    fn ident(&mut self, request: IdentRequest) -> Result<Identified, IdentRefused> {
+        self.identify(request.token.as_deref(), &request.channels, None)
+            .map_err(|e| IdentRefused {
+                code: e.code,
+                message: e.message,
+            })
     }
 
     fn handle_text(&mut self, text: &str) {

@@ -33,5 +33,11 @@ pub use gateway::{
     AtCapacity, ChannelSummary, Gateway, GatewayInfo, HistoryError, HistoryPage, Member,
     PublishError, Published, Since, Target,
 };
-pub use queue::{outbox, BacklogRoom, FrameSender, Outbox, OutboxLimits, QueueError, Received};
-pub use session::{ClientSession, Disconnect, OpenError, PeerInfo, SessionHub};
+pub use queue::{
+    outbox, BacklogRoom, EventMeta, FrameSender, OutFrame, Outbox, OutboxLimits, QueueError,
+    Received,
+};
+pub use session::{
+    ChannelPosition, ClientSession, Disconnect, IdentRefused, IdentRequest, Identified, OpenError,
+    PeerInfo, SessionHub,
+};

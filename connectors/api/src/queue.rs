@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use crate::channel::ChannelName;
 use crate::session::Disconnect;
 
 /// A drained queue whose buffer grew past this many frames releases it.
@@ -48,6 +49,39 @@ pub struct BacklogRoom {
     pub frames: usize,
     /// Bytes that still fit.
     pub bytes: usize,
+}
+
+/// What an event frame is, for transports that write events in their own format (SSE's
+/// `event:` and `id:` lines) instead of parsing every frame back. Only connections opened
+/// with [`crate::PeerInfo::event_meta`] get it; it is shared by every such recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventMeta {
+    /// The event's name.
+    pub event: Arc<str>,
+    /// Every channel the recipient matched through, with the event's offset there.
+    pub via: Vec<(ChannelName, u64)>,
+}
+
+/// One queued frame, with its event metadata when the connection asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutFrame {
+    /// The frame: one line of compact JSON.
+    pub frame: Bytes,
+    /// What the frame is, for an event frame on a connection that wants it.
+    pub meta: Option<Arc<EventMeta>>,
+}
+
+impl OutFrame {
+    /// A frame without metadata.
+    pub fn plain(frame: Bytes) -> Self {
+        Self { frame, meta: None }
+    }
+}
+
+impl From<OutFrame> for Bytes {
+    fn from(out: OutFrame) -> Self {
+        out.frame
+    }
 }
 
 /// Why a frame was not queued.
@@ -77,7 +111,7 @@ pub enum Received {
 
 #[derive(Debug)]
 struct Item {
-    frame: Bytes,
+    out: OutFrame,
     backlog: bool,
 }
 
@@ -110,15 +144,15 @@ struct State {
 }
 
 impl State {
-    fn pop(&mut self) -> Option<Bytes> {
+    fn pop(&mut self) -> Option<OutFrame> {
         let item = self.items.pop_front()?;
         let lane = if item.backlog {
             &mut self.backlog
         } else {
             &mut self.live
         };
-        lane.remove(item.frame.len());
-        Some(item.frame)
+        lane.remove(item.out.frame.len());
+        Some(item.out)
     }
 
     fn clear(&mut self) {
@@ -164,22 +198,23 @@ impl FrameSender {
     /// # Errors
     /// [`QueueError::FullFrames`] or [`QueueError::FullBytes`] at a bound,
     /// [`QueueError::Closed`] once the receiver is gone.
-    pub fn try_send(&self, frame: Bytes) -> Result<(), QueueError> {
+    pub fn try_send(&self, out: OutFrame) -> Result<(), QueueError> {
         let was_empty = {
             let mut state = self.0.lock();
             if state.closed {
                 return Err(QueueError::Closed);
             }
             let limits = &self.0.limits;
+            let len = out.frame.len();
             if state.live.frames >= limits.frames {
                 return Err(QueueError::FullFrames);
             }
-            if state.live.frames > 0 && state.live.bytes + frame.len() > limits.bytes {
+            if state.live.frames > 0 && state.live.bytes + len > limits.bytes {
                 return Err(QueueError::FullBytes);
             }
-            state.live.add(frame.len());
+            state.live.add(len);
             state.items.push_back(Item {
-                frame,
+                out,
                 backlog: false,
             });
             state.items.len() == 1
@@ -209,19 +244,19 @@ impl FrameSender {
     ///
     /// # Errors
     /// [`QueueError::Closed`] once the receiver is gone.
-    pub fn send_backlog(&self, frames: impl IntoIterator<Item = Bytes>) -> Result<(), QueueError> {
+    pub fn send_backlog(
+        &self,
+        frames: impl IntoIterator<Item = OutFrame>,
+    ) -> Result<(), QueueError> {
         let was_empty = {
             let mut state = self.0.lock();
             if state.closed {
                 return Err(QueueError::Closed);
             }
             let was_empty = state.items.is_empty();
-            for frame in frames {
-                state.backlog.add(frame.len());
-                state.items.push_back(Item {
-                    frame,
-                    backlog: true,
-                });
+            for out in frames {
+                state.backlog.add(out.frame.len());
+                state.items.push_back(Item { out, backlog: true });
             }
             was_empty && !state.items.is_empty()
         };
@@ -262,9 +297,14 @@ impl Drop for FrameSender {
 pub struct Outbox(Arc<Shared>);
 
 impl Outbox {
-    /// Waits for frames and moves up to `limit` of them into `out`, or for the disconnect,
-    /// which comes first when both are there. Cancel-safe.
-    pub async fn recv_many(&mut self, out: &mut Vec<Bytes>, limit: usize) -> Received {
+    /// Waits for frames and moves up to `limit` of them into `out` (as [`Bytes`] for a
+    /// transport that only moves bytes, or as [`OutFrame`]s), or for the disconnect, which
+    /// comes first when both are there. Cancel-safe.
+    pub async fn recv_many<T: From<OutFrame>>(
+        &mut self,
+        out: &mut Vec<T>,
+        limit: usize,
+    ) -> Received {
         loop {
             {
                 let mut state = self.0.lock();
@@ -273,7 +313,7 @@ impl Outbox {
                 }
                 let n = state.items.len().min(limit);
                 if n > 0 {
-                    out.extend((0..n).filter_map(|_| state.pop()));
+                    out.extend((0..n).filter_map(|_| state.pop()).map(T::from));
                     if state.items.is_empty() && state.items.capacity() > SHRINK_ABOVE {
                         state.items = VecDeque::new();
                     }
@@ -300,7 +340,7 @@ impl Outbox {
     }
 
     /// Takes one queued frame, if any.
-    pub fn try_recv(&mut self) -> Option<Bytes> {
+    pub fn try_recv(&mut self) -> Option<OutFrame> {
         self.0.lock().pop()
     }
 }
@@ -321,6 +361,12 @@ mod tests {
         Disconnect::new(4100, "shutdown", true)
     }
 
+    impl FrameSender {
+        fn try_send_bytes(&self, frame: Bytes) -> Result<(), QueueError> {
+            self.try_send(OutFrame::plain(frame))
+        }
+    }
+
     fn limits(frames: usize) -> OutboxLimits {
         OutboxLimits {
             frames,
@@ -334,10 +380,10 @@ mod tests {
     async fn bounded_ordered_and_closable() {
         let (tx, mut rx) = outbox(limits(3));
         for i in 0..3u8 {
-            tx.try_send(Bytes::from(vec![i])).unwrap();
+            tx.try_send_bytes(Bytes::from(vec![i])).unwrap();
         }
-        assert_eq!(tx.try_send(Bytes::new()), Err(QueueError::FullFrames));
-        let mut out = Vec::new();
+        assert_eq!(tx.try_send_bytes(Bytes::new()), Err(QueueError::FullFrames));
+        let mut out: Vec<Bytes> = Vec::new();
         assert_eq!(rx.recv_many(&mut out, 2).await, Received::Frames(2));
         assert_eq!(rx.recv_many(&mut out, 10).await, Received::Frames(1));
         assert_eq!(
@@ -350,12 +396,12 @@ mod tests {
         );
 
         let waiter = tokio::spawn(async move {
-            let mut out = Vec::new();
+            let mut out: Vec<Bytes> = Vec::new();
             let first = rx.recv_many(&mut out, 10).await;
             (first, rx.recv_many(&mut out, 10).await)
         });
         tokio::task::yield_now().await;
-        tx.try_send(Bytes::from_static(b"x")).unwrap();
+        tx.try_send_bytes(Bytes::from_static(b"x")).unwrap();
         drop(tx);
         assert_eq!(
             waiter.await.unwrap(),
@@ -365,14 +411,14 @@ mod tests {
 
         let (tx, rx) = outbox(limits(1));
         drop(rx);
-        assert_eq!(tx.try_send(Bytes::new()), Err(QueueError::Closed));
+        assert_eq!(tx.try_send_bytes(Bytes::new()), Err(QueueError::Closed));
     }
 
     #[tokio::test]
     async fn a_waiting_writer_sees_every_frame_though_only_the_first_wakes_it() {
         let (tx, mut rx) = outbox(limits(100));
         let writer = tokio::spawn(async move {
-            let mut out = Vec::new();
+            let mut out: Vec<Bytes> = Vec::new();
             while out.len() < 30 {
                 let Received::Frames(_) = rx.recv_many(&mut out, 4).await else {
                     break;
@@ -383,7 +429,7 @@ mod tests {
         });
         for round in 0..10u8 {
             for i in 0..3u8 {
-                tx.try_send(Bytes::from(vec![round, i])).unwrap();
+                tx.try_send_bytes(Bytes::from(vec![round, i])).unwrap();
             }
             tokio::task::yield_now().await;
         }
@@ -397,7 +443,7 @@ mod tests {
     #[tokio::test]
     async fn the_disconnect_comes_before_queued_frames_and_wakes_a_blocked_writer() {
         let (tx, mut rx) = outbox(limits(10));
-        tx.try_send(Bytes::from_static(b"a")).unwrap();
+        tx.try_send_bytes(Bytes::from_static(b"a")).unwrap();
         assert!(!tx.is_ending());
         assert!(tx.end(bye()));
         assert!(
@@ -405,14 +451,18 @@ mod tests {
             "first wins"
         );
         assert!(tx.is_ending());
-        let mut out = Vec::new();
+        let mut out: Vec<Bytes> = Vec::new();
         assert_eq!(rx.recv_many(&mut out, 10).await, Received::Ended(bye()));
-        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"a")), "left queued");
+        assert_eq!(
+            rx.try_recv().map(Bytes::from),
+            Some(Bytes::from_static(b"a")),
+            "left queued"
+        );
 
         let (tx, mut rx) = outbox(limits(10));
         let blocked = tokio::spawn(async move { rx.ended().await });
         tokio::task::yield_now().await;
-        tx.try_send(Bytes::from_static(b"b")).unwrap();
+        tx.try_send_bytes(Bytes::from_static(b"b")).unwrap();
         tokio::task::yield_now().await;
         assert!(!blocked.is_finished(), "a frame is no disconnect");
         tx.end(bye());
@@ -423,9 +473,9 @@ mod tests {
     async fn drained_bursts_give_memory_back() {
         let (tx, mut rx) = outbox(limits(1000));
         for _ in 0..500 {
-            tx.try_send(Bytes::new()).unwrap();
+            tx.try_send_bytes(Bytes::new()).unwrap();
         }
-        let mut out = Vec::new();
+        let mut out: Vec<Bytes> = Vec::new();
         while rx.recv_many(&mut out, 256).await == Received::Frames(256) {}
         assert_eq!(rx.0.lock().items.capacity(), 0);
     }
@@ -437,18 +487,18 @@ mod tests {
             ..limits(100)
         });
         let big = Bytes::from(vec![b'x'; 64]);
-        tx.try_send(big.clone())
+        tx.try_send_bytes(big.clone())
             .expect("one frame fits an empty queue");
         assert_eq!(
-            tx.try_send(Bytes::from_static(b"y")),
+            tx.try_send_bytes(Bytes::from_static(b"y")),
             Err(QueueError::FullBytes)
         );
-        let mut out = Vec::new();
+        let mut out: Vec<Bytes> = Vec::new();
         rx.recv_many(&mut out, 10).await;
-        tx.try_send(Bytes::from(vec![b'z'; 6])).unwrap();
-        tx.try_send(Bytes::from(vec![b'z'; 4])).unwrap();
+        tx.try_send_bytes(Bytes::from(vec![b'z'; 6])).unwrap();
+        tx.try_send_bytes(Bytes::from(vec![b'z'; 4])).unwrap();
         assert_eq!(
-            tx.try_send(Bytes::from_static(b"!")),
+            tx.try_send_bytes(Bytes::from_static(b"!")),
             Err(QueueError::FullBytes)
         );
     }
@@ -461,7 +511,7 @@ mod tests {
             backlog_frames: 5,
             backlog_bytes: 100,
         });
-        tx.try_send(Bytes::from_static(b"live1")).unwrap();
+        tx.try_send_bytes(Bytes::from_static(b"live1")).unwrap();
         assert_eq!(
             tx.backlog_room(),
             BacklogRoom {
@@ -470,7 +520,8 @@ mod tests {
             }
         );
         let backlog: Vec<Bytes> = (0..5).map(|i| Bytes::from(vec![b'0' + i; 10])).collect();
-        tx.send_backlog(backlog.clone()).unwrap();
+        tx.send_backlog(backlog.iter().cloned().map(OutFrame::plain))
+            .unwrap();
         assert_eq!(
             tx.backlog_room(),
             BacklogRoom {
@@ -478,13 +529,13 @@ mod tests {
                 bytes: 50
             }
         );
-        tx.try_send(Bytes::from_static(b"live2"))
+        tx.try_send_bytes(Bytes::from_static(b"live2"))
             .expect("the backlog does not count against the live bound");
         assert_eq!(
-            tx.try_send(Bytes::from_static(b"x")),
+            tx.try_send_bytes(Bytes::from_static(b"x")),
             Err(QueueError::FullFrames)
         );
-        let mut out = Vec::new();
+        let mut out: Vec<Bytes> = Vec::new();
         rx.recv_many(&mut out, 100).await;
         let mut expected = vec![Bytes::from_static(b"live1")];
         expected.extend(backlog);

@@ -6,9 +6,13 @@
 //! transport itself) ends the connection. Dropping the session unregisters the connection.
 //! Protocol logic lives entirely in the core, so a new transport only moves bytes.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use serde::Serialize;
+
+use crate::gateway::Since;
 
 /// Who is connecting, as the transport saw it.
 #[derive(Debug, Clone)]
@@ -17,6 +21,9 @@ pub struct PeerInfo {
     pub transport: &'static str,
     /// The client's address, when known.
     pub remote: Option<SocketAddr>,
+    /// Whether event frames should come with their [`crate::EventMeta`] (SSE writes `event:`
+    /// and `id:` lines from it); transports that only move bytes leave it off and pay nothing.
+    pub event_meta: bool,
 }
 
 /// Why a connection was not admitted.
@@ -46,6 +53,58 @@ pub trait ClientSession: Send {
     /// Handles one inbound text message: one frame, a JSON array of frames, or `\n`-separated
     /// frames. Replies and errors go to the outbox; it never waits on the network.
     fn handle_text(&mut self, text: &str);
+    /// Identifies the connection and joins (and recovers) `request.channels`, as the `ident`
+    /// op does, but answers the transport directly instead of queueing a reply: for
+    /// transports that must refuse before anything flows (SSE answers 401/403 as plain
+    /// HTTP). Recovered events are queued in the outbox, ahead of any live event.
+    ///
+    /// # Errors
+    /// [`IdentRefused`] with the contract's code (4002 bad token, 4003 forbidden channel,
+    /// 4000 bad channel name, 4503 at capacity).
+    fn ident(&mut self, request: IdentRequest) -> Result<Identified, IdentRefused>;
+}
+
+/// What an `ident` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct IdentRequest {
+    /// The client's token, if any.
+    pub token: Option<String>,
+    /// Channels to join, each with the position to recover after (`None`: just join).
+    pub channels: Vec<(String, Option<Since>)>,
+}
+
+/// A successful `ident`: the `data` of its reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Identified {
+    /// The user id (`""` when anonymous).
+    pub user: String,
+    /// The connection id.
+    pub conn: String,
+    /// The node that serves the connection.
+    pub node: String,
+    /// Every channel the connection is in, with its position.
+    pub channels: BTreeMap<String, ChannelPosition>,
+}
+
+/// A channel's position as an `ident` reply reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChannelPosition {
+    /// The channel's latest offset.
+    pub offset: u64,
+    /// The channel's epoch.
+    pub epoch: String,
+    /// Whether every event after the asked position was queued (false when none was asked).
+    pub recovered: bool,
+}
+
+/// Why an `ident` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct IdentRefused {
+    /// A code from the contract.
+    pub code: u16,
+    /// What went wrong, for people.
+    pub message: String,
 }
 
 /// Why and how a connection ends.

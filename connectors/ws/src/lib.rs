@@ -78,6 +78,7 @@ async fn upgrade(State(state): State<WsState>, ws: WebSocketUpgrade) -> Response
     let (session, outbox) = match state.hub.open(PeerInfo {
         transport: "ws",
         remote: None,
+        event_meta: false,
     }) {
         Ok(opened) => opened,
         Err(err @ (OpenError::TooManyConnections | OpenError::ShuttingDown)) => {
@@ -189,7 +190,7 @@ async fn serve(
                 if !disconnect.discards_queue() {
                     // `batch` may still hold frames a blocked send had not written yet.
                     while let Some(frame) = outbox.try_recv() {
-                        batch.push(frame);
+                        batch.push(frame.frame);
                     }
                     send_frames(&mut socket, &mut batch).await?;
                 }
