@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use herald_connector_api::ChannelName;
+use herald_connector_longpoll::LongPollConfig;
 use serde::Deserialize;
 
 use crate::hub::ChannelRule;
@@ -240,6 +241,8 @@ struct FileConfig {
     tls: Option<FileTls>,
     #[serde(default)]
     channels: Vec<FileChannelRule>,
+    #[serde(default)]
+    longpoll: LongPollConfig,
     // Sections of connectors that later issues add; accepted now so a file written for the
     // whole contract loads, and reported at start-up as not yet active.
     nats: Option<toml::Table>,
@@ -366,6 +369,8 @@ pub struct Config {
     pub max_body_size: usize,
     /// Deadline for a new connection's first request headers.
     pub header_timeout: Duration,
+    /// The long-poll transport's `[longpoll]` section.
+    pub longpoll: LongPollConfig,
     /// Most open connections.
     pub max_connections: usize,
     /// Most ordinary channels per connection.
@@ -587,6 +592,9 @@ impl Config {
             })
             .collect();
 
+        for (key, problem) in file.longpoll.problems() {
+            p.add(key, problem);
+        }
         let inactive_sections = [
             ("nats", file.nats.is_some()),
             ("amqp", file.amqp.is_some()),
@@ -694,6 +702,7 @@ impl Config {
                 cli.shutdown_grace.or(file.shutdown_grace),
                 "10s",
             ),
+            longpoll: file.longpoll,
             node: cli.node.or(file.node),
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             inactive_sections,

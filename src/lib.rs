@@ -31,6 +31,7 @@ use std::time::Duration;
 use crate::accept::FirstByteDeadline;
 
 use herald_connector_http::ApiState;
+use herald_connector_longpoll::LongPollState;
 use herald_connector_ws::{WsConfig, WsState};
 use rand::distr::{Alphanumeric, SampleString};
 use tokio_util::sync::CancellationToken;
@@ -119,6 +120,7 @@ pub struct Prepared {
     listener: std::net::TcpListener,
     tls: Option<rustls::ServerConfig>,
     hub: Hub,
+    longpoll: LongPollState,
     app: axum::Router,
     ready: Arc<Readiness>,
     tracker: TaskTracker,
@@ -197,9 +199,15 @@ pub fn prepare(config: Config, listener: std::net::TcpListener) -> Result<Prepar
         }),
         tracker: tracker.clone(),
     });
+    let longpoll = LongPollState::new(
+        Arc::new(hub.clone()),
+        config.longpoll.clone(),
+        config.max_body_size,
+    );
+    let transports = ws.merge(herald_connector_longpoll::routes(longpoll.clone()));
     let app = http::app(
         api,
-        ws,
+        transports,
         AllowedOrigins::new(&config.cors_origins),
         metrics,
         ready.clone(),
@@ -209,6 +217,7 @@ pub fn prepare(config: Config, listener: std::net::TcpListener) -> Result<Prepar
         listener,
         tls,
         hub,
+        longpoll,
         app,
         ready,
         tracker,
@@ -235,6 +244,7 @@ impl Prepared {
             listener,
             tls,
             hub,
+            longpoll,
             app,
             ready,
             tracker,
@@ -242,6 +252,7 @@ impl Prepared {
         let token = CancellationToken::new();
         tracker.spawn(hub.clone().run_sweeper(token.child_token()));
         tracker.spawn(hub.clone().run_auth_deadlines(token.child_token()));
+        tracker.spawn(longpoll.run_sweeper(token.child_token()));
         let local = listener.local_addr()?;
         let handle = axum_server::Handle::new();
         let service = app.into_make_service();

@@ -7,6 +7,11 @@ use herald_connector_api::CompactJson;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+/// Most frames one inbound message may hold. Each may be answered, and the answers share the
+/// connection's outbound queue: a message of thousands of frames would only trip the
+/// slow-consumer cut (4102). Far above what a client batches.
+pub const MAX_FRAMES_PER_MESSAGE: usize = 256;
+
 /// A protocol error: a code from the contract and a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpError {
@@ -115,6 +120,17 @@ pub fn required<'a, T>(value: &'a Option<T>, name: &str) -> Result<&'a T, OpErro
 /// the frames it holds. Text that is not JSON yields one error and reading resumes at the
 /// next line, so one bad line does not hide the frames after it.
 pub fn split_frames(text: &str) -> Vec<Result<&str, OpError>> {
+    let frames = read_frames(text);
+    if frames.len() > MAX_FRAMES_PER_MESSAGE {
+        return vec![Err(OpError::bad_frame(format!(
+            "message: {} frames, at most {MAX_FRAMES_PER_MESSAGE} per message; none was handled",
+            frames.len()
+        )))];
+    }
+    frames
+}
+
+fn read_frames(text: &str) -> Vec<Result<&str, OpError>> {
     let mut frames = Vec::new();
     let mut rest = text;
     loop {
@@ -235,6 +251,14 @@ mod tests {
         assert!(mixed[1].is_err());
         assert_eq!(mixed[2].as_ref().unwrap(), &r#"{"op":"b"}"#);
         assert_eq!(split_frames("[oops").len(), 1);
+        let many = format!("[{}]", vec![r#"{"op":"ping"}"#; 257].join(","));
+        let refused = split_frames(&many);
+        assert_eq!(refused.len(), 1);
+        assert!(refused[0]
+            .as_ref()
+            .unwrap_err()
+            .message
+            .contains("at most 256"));
         assert!(split_frames("  \n ").is_empty());
     }
 

@@ -6,6 +6,7 @@ mod bounds;
 mod cors;
 mod framing;
 mod http_api;
+mod longpoll;
 mod process;
 mod tls;
 mod ws_protocol;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod longpoll;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use client::Client;
+pub use longpoll::LpClient;
 
 /// How long any single wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -99,6 +101,11 @@ impl Gateway {
     pub fn token(&self, user: &str, channels: Option<&[&str]>) -> String {
         let channels = channels.map(|c| c.iter().map(|s| s.to_string()).collect());
         self.auth.mint(user, channels, Duration::from_secs(3600))
+    }
+
+    /// A long-poll session, not yet identified.
+    pub async fn longpoll(&self) -> LpClient {
+        LpClient::open(&format!("http://{}", self.addr)).await
     }
 
     /// A connected, not yet identified WebSocket client.
