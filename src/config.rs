@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use herald_connector_api::ChannelName;
 use herald_connector_longpoll::LongPollConfig;
+use herald_connector_sse::SseConfig;
 use serde::Deserialize;
 
 use crate::hub::ChannelRule;
@@ -243,6 +244,8 @@ struct FileConfig {
     channels: Vec<FileChannelRule>,
     #[serde(default)]
     longpoll: LongPollConfig,
+    #[serde(default)]
+    sse: SseConfig,
     // Sections of connectors that later issues add; accepted now so a file written for the
     // whole contract loads, and reported at start-up as not yet active.
     nats: Option<toml::Table>,
@@ -371,6 +374,8 @@ pub struct Config {
     pub header_timeout: Duration,
     /// The long-poll transport's `[longpoll]` section.
     pub longpoll: LongPollConfig,
+    /// The SSE transport's `[sse]` section.
+    pub sse: SseConfig,
     /// Most open connections.
     pub max_connections: usize,
     /// Most ordinary channels per connection.
@@ -592,7 +597,12 @@ impl Config {
             })
             .collect();
 
-        for (key, problem) in file.longpoll.problems() {
+        for (key, problem) in file
+            .longpoll
+            .problems()
+            .into_iter()
+            .chain(file.sse.problems())
+        {
             p.add(key, problem);
         }
         let inactive_sections = [
@@ -703,6 +713,7 @@ impl Config {
                 "10s",
             ),
             longpoll: file.longpoll,
+            sse: file.sse,
             node: cli.node.or(file.node),
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             inactive_sections,

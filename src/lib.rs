@@ -32,6 +32,7 @@ use crate::accept::FirstByteDeadline;
 
 use herald_connector_http::ApiState;
 use herald_connector_longpoll::LongPollState;
+use herald_connector_sse::SseState;
 use herald_connector_ws::{WsConfig, WsState};
 use rand::distr::{Alphanumeric, SampleString};
 use tokio_util::sync::CancellationToken;
@@ -204,7 +205,13 @@ pub fn prepare(config: Config, listener: std::net::TcpListener) -> Result<Prepar
         config.longpoll.clone(),
         config.max_body_size,
     );
-    let transports = ws.merge(herald_connector_longpoll::routes(longpoll.clone()));
+    let sse = herald_connector_sse::routes(SseState {
+        hub: Arc::new(hub.clone()),
+        config: Arc::new(config.sse.clone()),
+    });
+    let transports = ws
+        .merge(herald_connector_longpoll::routes(longpoll.clone()))
+        .merge(sse);
     let app = http::app(
         api,
         transports,

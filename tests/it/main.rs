@@ -8,6 +8,7 @@ mod framing;
 mod http_api;
 mod longpoll;
 mod process;
+mod sse;
 mod tls;
 mod ws_protocol;
 mod ws_recovery;

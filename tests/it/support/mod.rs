@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod longpoll;
+pub mod sse;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use tokio::task::JoinHandle;
 
 pub use client::Client;
 pub use longpoll::LpClient;
+pub use sse::SseClient;
 
 /// How long any single wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -106,6 +108,30 @@ impl Gateway {
     /// A long-poll session, not yet identified.
     pub async fn longpoll(&self) -> LpClient {
         LpClient::open(&format!("http://{}", self.addr)).await
+    }
+
+    /// `GET /sse` with this query and optional `Last-Event-ID`: the raw response.
+    pub async fn sse_response(
+        &self,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self.http.get(self.url(&format!("/sse?{query}")));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        tokio::time::timeout(WAIT, request.send())
+            .await
+            .expect("sse answered in time")
+            .expect("sse")
+    }
+
+    /// An SSE stream for `user` on `channels` (comma-separated), resuming after `last_event_id`.
+    pub async fn sse(&self, user: &str, channels: &str, last_event_id: Option<&str>) -> SseClient {
+        let query = format!("channels={channels}&token={}", self.token(user, None));
+        let response = self.sse_response(&query, last_event_id).await;
+        assert_eq!(response.status(), 200);
+        SseClient::new(response)
     }
 
     /// A connected, not yet identified WebSocket client.
