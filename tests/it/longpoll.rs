@@ -326,3 +326,27 @@ async fn long_poll_works_cross_origin_for_listed_origins_only() {
         .is_none());
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_session_that_falls_behind_gets_4102_in_its_next_poll() {
+    let gw = start_with(&["--client-queue", "16"], Some(FAST)).await;
+    let mut lp = identified(&gw, "sleepy").await;
+    // Nobody polls while 40 events are queued to a 16-frame queue.
+    for i in 0..40 {
+        gw.publish(json!({"event": "e", "users": ["sleepy"], "data": i}))
+            .await;
+    }
+    let frame = lp.next().await;
+    assert_eq!(
+        (
+            frame["op"].clone(),
+            frame["code"].clone(),
+            frame["reconnect"].clone()
+        ),
+        (json!("disconnect"), json!(4102), json!(true)),
+        "{frame}"
+    );
+    let (status, _) = lp.poll_raw(lp.ack).await;
+    assert_eq!(status, 404, "acknowledged: the session is gone");
+    gw.stop().await;
+}
