@@ -37,6 +37,16 @@ pub enum OpenError {
     ShuttingDown,
 }
 
+impl OpenError {
+    /// The contract's code for it: 4100 (shutting down) or 4503 (at capacity).
+    pub fn code(&self) -> u16 {
+        match self {
+            Self::ShuttingDown => 4100,
+            Self::TooManyConnections => 4503,
+        }
+    }
+}
+
 /// Opens client sessions; implemented by the core.
 pub trait SessionHub: Send + Sync + 'static {
     /// Registers a new connection and returns its inbound half and its outbox.

@@ -29,12 +29,12 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use herald_connector_api::{OpenError, PeerInfo, SessionHub};
+use herald_connector_api::{PeerInfo, SessionHub};
 use rand::distr::{Alphanumeric, SampleString};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use session::LpSession;
+use session::{lock, LpSession};
 
 /// Length of a session id: 32 random alphanumerics, about 190 bits, since the id is all a
 /// request shows to reach an identified session.
@@ -158,12 +158,6 @@ impl Sessions {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// The router serving `/lp/*`.
 pub fn routes(state: LongPollState) -> Router {
     Router::new()
@@ -238,10 +232,7 @@ async fn open(State(state): State<LongPollState>) -> Result<Response, LpError> {
         })
         .map_err(|err| LpError {
             status: StatusCode::SERVICE_UNAVAILABLE,
-            code: match err {
-                OpenError::ShuttingDown => 4100,
-                OpenError::TooManyConnections => 4503,
-            },
+            code: err.code(),
             message: err.to_string(),
         })?;
     let session = Arc::new(LpSession::new(

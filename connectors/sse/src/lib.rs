@@ -28,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use herald_connector_api::{
-    ClientSession, IdentRequest, OpenError, OutFrame, Outbox, PeerInfo, Received, SessionHub, Since,
+    ClientSession, IdentRequest, OutFrame, Outbox, PeerInfo, Received, SessionHub, Since,
 };
 use serde::Deserialize;
 
@@ -144,10 +144,7 @@ async fn stream(
         })
         .map_err(|err| Refusal {
             status: StatusCode::SERVICE_UNAVAILABLE,
-            code: match err {
-                OpenError::ShuttingDown => 4100,
-                OpenError::TooManyConnections => 4503,
-            },
+            code: err.code(),
             message: err.to_string(),
         })?;
     let identified = session
