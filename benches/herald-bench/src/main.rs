@@ -1,9 +1,9 @@
 //! herald-bench: load and comparison harness for Herald (and a Socket.IO v4 peer).
 //!
-//! Every scenario starts its own server on a free loopback port, drives real WebSocket clients
-//! spread over many 127.x.y.z source addresses, publishes through the HTTP API, and reports
-//! throughput, latency, memory, CPU and delivery correctness. Every run is bounded in count and
-//! time and stops by itself.
+//! Every scenario starts its own server on a free loopback port, drives real clients (WebSocket,
+//! long-poll or SSE) spread over many 127.x.y.z source addresses, publishes through the HTTP
+//! API, and reports throughput, latency, memory, CPU and delivery correctness. Every run is
+//! bounded in count and time and stops by itself.
 
 mod client;
 mod floor;
@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use client::Kind;
+use client::{Kind, Transport};
 use scenario::deliver::{DeliverPlan, Shape};
 use scenario::{Common, Ctx, RunResult};
 use server::ServerOpts;
@@ -42,6 +42,17 @@ struct Global {
     /// Server(s) to measure; `both` alternates Herald and Socket.IO and prints ratios.
     #[arg(long, value_enum, default_value_t = Target::Herald, global = true)]
     target: Target,
+    /// How clients connect, comma-separated (one run each): `ws`, `longpoll` (Herald's `/lp`,
+    /// Socket.IO's Engine.IO `polling`) or `sse` (Herald only). `short` and `all` run their
+    /// own mix.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "ws",
+        global = true
+    )]
+    transport: Vec<Transport>,
     /// Runs of each scenario per target (alternating targets).
     #[arg(long, default_value_t = 1, global = true)]
     rounds: usize,
@@ -246,12 +257,17 @@ fn one_channel_window(subscribers: usize, f: &Flow) -> u64 {
         .min(INFLIGHT_EVENTS * subscribers.max(1) as u64)
 }
 
-fn fanout_plan(subscribers: usize, events: Option<u64>, f: &Flow) -> DeliverPlan {
+/// Events of a fanout run when not given: about 2M deliveries, 200..5000 events.
+fn fanout_events(subscribers: usize) -> u64 {
+    (2_000_000 / subscribers.max(1) as u64).clamp(200, 5000)
+}
+
+fn fanout_plan(subscribers: usize, events: u64, f: &Flow) -> DeliverPlan {
     DeliverPlan {
         scenario: "fanout",
         shape: Shape::Fanout,
         subscribers,
-        events: events.unwrap_or_else(|| (2_000_000 / subscribers.max(1) as u64).clamp(200, 5000)),
+        events,
         rate: None,
         batch: f.batch,
         publishers: f.publishers,
@@ -306,22 +322,34 @@ fn flow(batch: usize) -> Flow {
     }
 }
 
-fn jobs(cmd: &Cmd) -> Vec<Job> {
+/// Every job of a command over every transport asked for; `short` and `all` name their own.
+fn jobs(cmd: &Cmd, transports: &[Transport]) -> Vec<(Job, Transport)> {
+    let each = |make: &dyn Fn() -> Vec<Job>| -> Vec<(Job, Transport)> {
+        transports
+            .iter()
+            .flat_map(|&t| make().into_iter().map(move |j| (j, t)))
+            .collect()
+    };
     match cmd {
         Cmd::Fanout {
             subscribers,
             events,
             flow,
-        } => subscribers
-            .iter()
-            .map(|&n| Job::Deliver(fanout_plan(n, *events, flow)))
-            .collect(),
-        Cmd::Steady { load } => vec![Job::Deliver(steady_plan(*load))],
+        } => each(&|| {
+            subscribers
+                .iter()
+                .map(|&n| {
+                    let events = events.unwrap_or_else(|| fanout_events(n));
+                    Job::Deliver(fanout_plan(n, events, flow))
+                })
+                .collect()
+        }),
+        Cmd::Steady { load } => each(&|| vec![Job::Deliver(steady_plan(*load))]),
         Cmd::Channels {
             subscribers,
             events,
             flow,
-        } => {
+        } => each(&|| {
             vec![Job::Deliver(plan(
                 "channels",
                 Shape::Channels,
@@ -329,12 +357,12 @@ fn jobs(cmd: &Cmd) -> Vec<Job> {
                 *events,
                 flow,
             ))]
-        }
+        }),
         Cmd::Users {
             subscribers,
             events,
             flow,
-        } => {
+        } => each(&|| {
             vec![Job::Deliver(plan(
                 "users",
                 Shape::Users,
@@ -342,12 +370,12 @@ fn jobs(cmd: &Cmd) -> Vec<Job> {
                 *events,
                 flow,
             ))]
-        }
+        }),
         Cmd::Broadcast {
             subscribers,
             events,
             flow,
-        } => {
+        } => each(&|| {
             vec![Job::Deliver(plan(
                 "broadcast",
                 Shape::Broadcast,
@@ -355,58 +383,127 @@ fn jobs(cmd: &Cmd) -> Vec<Job> {
                 *events,
                 flow,
             ))]
-        }
+        }),
         Cmd::Idle {
             connections,
             settle_s,
-        } => connections
-            .iter()
-            .map(|&n| Job::Idle(n, Duration::from_secs_f64(*settle_s)))
-            .collect(),
-        Cmd::Connect { connections } => vec![Job::Connect(*connections)],
+        } => each(&|| {
+            connections
+                .iter()
+                .map(|&n| Job::Idle(n, Duration::from_secs_f64(*settle_s)))
+                .collect()
+        }),
+        Cmd::Connect { connections } => each(&|| vec![Job::Connect(*connections)]),
         Cmd::Recover {
             clients,
             missed,
             warmup,
-        } => vec![Job::Recover {
-            clients: *clients,
-            warmup: *warmup,
-            missed: *missed,
-        }],
-        Cmd::Short => vec![
-            Job::Deliver(fanout_plan(200, Some(300), &flow(1))),
-            Job::Deliver(steady_plan(Steady {
-                subscribers: 100,
-                rate: 50.0,
-                duration_s: 2.0,
-            })),
-            Job::Deliver(plan("channels", Shape::Channels, 300, 1500, &flow(50))),
-            Job::Deliver(plan("users", Shape::Users, 300, 1500, &flow(50))),
-            Job::Deliver(plan("broadcast", Shape::Broadcast, 100, 200, &flow(1))),
-            Job::Idle(500, Duration::from_millis(500)),
-            Job::Connect(500),
-            Job::Recover {
-                clients: 100,
-                warmup: 5,
-                missed: 100,
-            },
-        ],
-        Cmd::All => vec![
-            Job::Deliver(fanout_plan(1000, Some(2000), &flow(1))),
-            Job::Deliver(fanout_plan(10000, Some(300), &flow(1))),
-            Job::Deliver(steady_plan(FULL_STEADY)),
-            Job::Deliver(plan("channels", Shape::Channels, 5000, 20000, &flow(100))),
-            Job::Deliver(plan("users", Shape::Users, 5000, 20000, &flow(100))),
-            Job::Deliver(plan("broadcast", Shape::Broadcast, 1000, 1000, &flow(1))),
-            Job::Idle(10000, Duration::from_secs(2)),
-            Job::Idle(50000, Duration::from_secs(2)),
-            Job::Connect(10000),
-            Job::Recover {
-                clients: 10000,
-                warmup: 10,
-                missed: 100,
-            },
-        ],
+        } => each(&|| {
+            vec![Job::Recover {
+                clients: *clients,
+                warmup: *warmup,
+                missed: *missed,
+            }]
+        }),
+        Cmd::Short => {
+            use Transport::{Longpoll, Sse, Ws};
+            vec![
+                (Job::Deliver(fanout_plan(200, 300, &flow(1))), Ws),
+                (
+                    Job::Deliver(steady_plan(Steady {
+                        subscribers: 100,
+                        rate: 50.0,
+                        duration_s: 2.0,
+                    })),
+                    Ws,
+                ),
+                (
+                    Job::Deliver(plan("channels", Shape::Channels, 300, 1500, &flow(50))),
+                    Ws,
+                ),
+                (
+                    Job::Deliver(plan("users", Shape::Users, 300, 1500, &flow(50))),
+                    Ws,
+                ),
+                (
+                    Job::Deliver(plan("broadcast", Shape::Broadcast, 100, 200, &flow(1))),
+                    Ws,
+                ),
+                (Job::Idle(500, Duration::from_millis(500)), Ws),
+                (Job::Connect(500), Ws),
+                (
+                    Job::Recover {
+                        clients: 100,
+                        warmup: 5,
+                        missed: 100,
+                    },
+                    Ws,
+                ),
+                (Job::Deliver(fanout_plan(100, 200, &flow(1))), Longpoll),
+                (Job::Deliver(fanout_plan(100, 200, &flow(1))), Sse),
+                (Job::Idle(200, Duration::from_millis(500)), Longpoll),
+                (Job::Idle(200, Duration::from_millis(500)), Sse),
+                (
+                    Job::Recover {
+                        clients: 100,
+                        warmup: 5,
+                        missed: 100,
+                    },
+                    Sse,
+                ),
+            ]
+        }
+        Cmd::All => {
+            use Transport::{Longpoll, Sse, Ws};
+            vec![
+                (Job::Deliver(fanout_plan(1000, 2000, &flow(1))), Ws),
+                (Job::Deliver(fanout_plan(10000, 300, &flow(1))), Ws),
+                (Job::Deliver(steady_plan(FULL_STEADY)), Ws),
+                (
+                    Job::Deliver(plan("channels", Shape::Channels, 5000, 20000, &flow(100))),
+                    Ws,
+                ),
+                (
+                    Job::Deliver(plan("users", Shape::Users, 5000, 20000, &flow(100))),
+                    Ws,
+                ),
+                (
+                    Job::Deliver(plan("broadcast", Shape::Broadcast, 1000, 1000, &flow(1))),
+                    Ws,
+                ),
+                (Job::Idle(10000, Duration::from_secs(2)), Ws),
+                (Job::Idle(50000, Duration::from_secs(2)), Ws),
+                (Job::Connect(10000), Ws),
+                (
+                    Job::Recover {
+                        clients: 10000,
+                        warmup: 10,
+                        missed: 100,
+                    },
+                    Ws,
+                ),
+                (Job::Deliver(fanout_plan(1000, 2000, &flow(1))), Longpoll),
+                (Job::Deliver(fanout_plan(1000, 2000, &flow(1))), Sse),
+                (Job::Idle(1000, Duration::from_secs(2)), Longpoll),
+                (Job::Idle(1000, Duration::from_secs(2)), Sse),
+                (
+                    Job::Recover {
+                        clients: 1000,
+                        warmup: 10,
+                        missed: 100,
+                    },
+                    Longpoll,
+                ),
+                (
+                    Job::Recover {
+                        clients: 1000,
+                        warmup: 10,
+                        missed: 100,
+                    },
+                    Sse,
+                ),
+            ]
+        }
         Cmd::Floor { .. } | Cmd::FloorServer { .. } => Vec::new(),
     }
 }
@@ -531,14 +628,19 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    let jobs = jobs(&cli.cmd);
+    let jobs = jobs(&cli.cmd, &g.transport);
     let results = rt.block_on(async {
         let mut results = Vec::new();
-        for job in &jobs {
+        for (job, transport) in &jobs {
             for _ in 0..g.rounds.max(1) {
                 for &kind in &kinds {
+                    if let Some(why) = transport.unsupported(kind) {
+                        eprintln!("[{kind}] skipped over {transport}: {why}");
+                        continue;
+                    }
                     let ctx = Ctx {
                         kind,
+                        transport: *transport,
                         servers: servers.clone(),
                         common: common.clone(),
                     };

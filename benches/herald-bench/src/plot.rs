@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 
-use crate::client::Kind;
+use crate::client::{Kind, Transport};
 use crate::scenario::RunResult;
 
 #[derive(Debug, thiserror::Error)]
@@ -190,11 +190,15 @@ pub fn all(out: &Path, runs: &[RunResult]) -> Result<Vec<PathBuf>, PlotError> {
         latency(&p, label, &s)?;
         written.push(p);
     }
-    // Deliveries/s against subscribers, for fan-out runs.
+    // Deliveries/s against subscribers, for fan-out runs; WebSocket runs only, so a line
+    // joins like with like (other transports have their latency plots and the report).
     let mut fan = Series::new();
     let mut mem = Series::new();
     for k in targets(runs) {
-        for r in runs.iter().filter(|r| r.target == k) {
+        for r in runs
+            .iter()
+            .filter(|r| r.target == k && r.transport == Transport::Ws)
+        {
             if r.scenario == "fanout" {
                 if let (Some(n), Some(d)) = (param(r, "subscribers"), r.get("deliveries_per_s")) {
                     fan.entry(k).or_default().push((n, d));

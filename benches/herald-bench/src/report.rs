@@ -197,6 +197,7 @@ pub fn markdown(meta: &Meta, runs: &[RunResult]) -> String {
             );
         }
     }
+    transports(&mut s, runs);
     let rs = ratios(runs);
     if !rs.is_empty() {
         let _ = writeln!(
@@ -229,6 +230,55 @@ pub fn markdown(meta: &Meta, runs: &[RunResult]) -> String {
         }
     }
     s
+}
+
+/// `fanout-sse-1000` → `fanout-1000`: runs of one scenario and size over any transport.
+fn plain_label(r: &RunResult) -> String {
+    match r.label.rsplit_once('-') {
+        Some((_, size)) => format!("{}-{size}", r.scenario),
+        None => r.label.clone(),
+    }
+}
+
+/// The same scenario and size over several transports, side by side.
+fn transports(s: &mut String, runs: &[RunResult]) {
+    let mut groups: BTreeMap<String, Vec<&RunResult>> = BTreeMap::new();
+    for r in runs {
+        groups.entry(plain_label(r)).or_default().push(r);
+    }
+    groups.retain(|_, g| g.iter().any(|r| r.transport != g[0].transport));
+    if groups.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\n## By transport\n\nThe same scenario and size over each transport (`ws` = WebSocket, \
+         `longpoll` = Herald's `/lp` or Engine.IO `polling`, `sse` = Herald's `/sse`).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| run | target | transport | deliveries/s | p50 ms | p99 ms | lost | dup | ooo | RSS/conn KiB | server CPU % |"
+    );
+    let _ = writeln!(s, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (label, mut g) in groups {
+        g.sort_by_key(|r| (r.target, r.transport));
+        for r in g {
+            let _ = writeln!(
+                s,
+                "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.target,
+                r.transport,
+                num(r.get("deliveries_per_s")),
+                num(r.get("p50_ms")),
+                num(r.get("p99_ms")),
+                num(r.get("lost")),
+                num(r.get("duplicated")),
+                num(r.get("out_of_order")),
+                num(r.get("rss_per_conn_kib")),
+                num(r.get("server_cpu_pct")),
+            );
+        }
+    }
 }
 
 pub fn write(out: &Path, meta: &Meta, runs: &[RunResult]) -> std::io::Result<String> {
@@ -293,6 +343,16 @@ mod tests {
         );
         assert!(md.contains("| fanout-10 | herald | yes |"));
         assert!(md.contains("## Herald / Socket.IO"));
+        assert!(
+            !md.contains("## By transport"),
+            "one transport: no such table"
+        );
+        let mut sse = run(Kind::Herald, 3.0, 4.0);
+        sse.label = "fanout-sse-10".into();
+        sse.transport = crate::client::Transport::Sse;
+        let md = markdown(&meta, &[run(Kind::Herald, 1.0, 2.0), sse]);
+        assert!(md.contains("| fanout-10 | herald | sse | 3.00 |"), "{md}");
+        assert!(md.contains("| fanout-10 | herald | ws | 1.00 |"), "{md}");
         assert_eq!(num(Some(1234.5)), "1234");
         assert_eq!(num(None), "–");
     }

@@ -1,9 +1,14 @@
 //! Load clients: one connection each, speaking Herald's frames or Socket.IO's Engine.IO v4
-//! packets over a WebSocket, and reporting every event into a [`Sink`].
+//! packets over a WebSocket, HTTP long-polling (Herald's `/lp`, Engine.IO's `polling`) or
+//! server-sent events (Herald's `/sse`), and reporting every event into a [`Sink`].
 
 pub mod engineio;
 pub mod herald;
+pub mod http;
+pub mod longpoll;
+pub mod polling;
 pub mod socketio;
+pub mod sse;
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -30,6 +35,14 @@ pub enum ClientError {
     Closed(Option<String>),
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
+    #[error("{what} answered {status}: {body}")]
+    Status {
+        what: &'static str,
+        status: u16,
+        body: String,
+    },
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 /// Which server the clients talk to.
@@ -50,10 +63,56 @@ impl fmt::Display for Kind {
     }
 }
 
+/// How a client reaches the server.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// A WebSocket (Herald's `/ws`, Engine.IO's `websocket`).
+    Ws,
+    /// HTTP long-polling (Herald's `/lp/*`, Engine.IO's `polling`).
+    #[value(alias = "lp", alias = "polling")]
+    Longpoll,
+    /// Server-sent events (Herald's `/sse`; Socket.IO has none).
+    Sse,
+}
+
+impl Transport {
+    /// What run labels carry for this transport: `fanout-1000`, `fanout-lp-1000`,
+    /// `fanout-sse-1000`.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Transport::Ws => "",
+            Transport::Longpoll => "lp-",
+            Transport::Sse => "sse-",
+        }
+    }
+
+    /// Why `kind` cannot be measured over this transport, if it cannot.
+    pub fn unsupported(self, kind: Kind) -> Option<&'static str> {
+        match (kind, self) {
+            (Kind::SocketIo, Transport::Sse) => Some("Socket.IO has no SSE transport"),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Ws => "ws",
+            Transport::Longpoll => "longpoll",
+            Transport::Sse => "sse",
+        })
+    }
+}
+
 /// Where and how clients connect.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub kind: Kind,
+    pub transport: Transport,
     pub addr: SocketAddr,
     /// HS256 secret for Herald tokens.
     pub jwt_secret: String,
@@ -187,6 +246,9 @@ pub struct Shared {
     /// µs since epoch of the latest delivery, for the delivery-rate window.
     pub last_delivery_us: AtomicU64,
     pub disconnects: AtomicU64,
+    /// Poll requests answered (long-poll and Engine.IO polling clients): deliveries per poll
+    /// tells how much each HTTP round trip carried.
+    pub polls: AtomicU64,
 }
 
 impl Shared {
@@ -196,6 +258,7 @@ impl Shared {
             delivered: AtomicU64::new(0),
             last_delivery_us: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
+            polls: AtomicU64::new(0),
         }
     }
 }
@@ -210,6 +273,9 @@ pub struct Sink<'s> {
     pub shard: usize,
     /// Socket.IO recovery offset of the last event (the string Socket.IO appends).
     pub sio_offset: Option<String>,
+    /// The last SSE `id:` received: sent back as `Last-Event-ID` when this sink's client
+    /// connects again, as a browser's `EventSource` does.
+    pub last_event_id: Option<String>,
     lat: [u64; BATCH],
     n: usize,
     count: u64,
@@ -222,6 +288,7 @@ impl<'s> Sink<'s> {
             shared,
             shard,
             sio_offset: None,
+            last_event_id: None,
             lat: [0; BATCH],
             n: 0,
             count: 0,
@@ -278,21 +345,41 @@ impl<'s> Sink<'s> {
     }
 }
 
-/// One client connection of either kind.
+/// One client connection of any kind and transport.
 pub enum Conn {
     Herald(herald::HeraldConn),
     SocketIo(socketio::SioConn),
+    HeraldLp(longpoll::LpConn),
+    SocketIoPolling(polling::PollingConn),
+    HeraldSse(sse::SseConn),
 }
 
 impl Conn {
-    /// Connects from source address `src`.
+    /// Connects from source address `src` (an SSE stream starts at ident, which it needs).
     pub async fn open(ep: &Endpoint, src: Ipv4Addr) -> Result<Conn, ClientError> {
-        let ws =
-            crate::net::connect_ws(&ep.ws_url(), ep.addr, src, ep.read_buffer, ep.timeout).await?;
-        Ok(match ep.kind {
-            Kind::Herald => Conn::Herald(herald::HeraldConn::new(ws)),
-            Kind::SocketIo => Conn::SocketIo(socketio::SioConn::new(ws)),
-        })
+        if let Some(why) = ep.transport.unsupported(ep.kind) {
+            return Err(ClientError::Unsupported(why));
+        }
+        if ep.transport == Transport::Ws {
+            let ws = crate::net::connect_ws(&ep.ws_url(), ep.addr, src, ep.read_buffer, ep.timeout)
+                .await?;
+            return Ok(match ep.kind {
+                Kind::Herald => Conn::Herald(herald::HeraldConn::new(ws)),
+                Kind::SocketIo => Conn::SocketIo(socketio::SioConn::new(ws)),
+            });
+        }
+        let fut = async {
+            Ok(match (ep.kind, ep.transport) {
+                (Kind::Herald, Transport::Sse) => Conn::HeraldSse(sse::SseConn::new(ep, src)),
+                (Kind::Herald, _) => Conn::HeraldLp(longpoll::LpConn::open(ep, src).await?),
+                (Kind::SocketIo, _) => {
+                    Conn::SocketIoPolling(polling::PollingConn::open(ep, src).await?)
+                }
+            })
+        };
+        tokio::time::timeout(ep.timeout, fut)
+            .await
+            .map_err(|_| ClientError::Timeout("opening a session"))?
     }
 
     /// Identifies as `user` and joins `channels` in one step. Events that arrive while
@@ -312,6 +399,15 @@ impl Conn {
                     c.ident(&token, channels, sink).await
                 }
                 Conn::SocketIo(c) => c.ident(user, channels, sio_resume, sink).await,
+                Conn::HeraldLp(c) => {
+                    let token = crate::token::mint(&ep.jwt_secret, user);
+                    c.ident(&token, channels, sink).await
+                }
+                Conn::SocketIoPolling(c) => c.ident(user, channels, sio_resume, sink).await,
+                Conn::HeraldSse(c) => {
+                    let token = crate::token::mint(&ep.jwt_secret, user);
+                    c.ident(&token, channels, sink).await
+                }
             }
         };
         tokio::time::timeout(ep.timeout, fut)
@@ -328,6 +424,9 @@ impl Conn {
         match self {
             Conn::Herald(c) => c.run(sink, stop).await,
             Conn::SocketIo(c) => c.run(sink, stop).await,
+            Conn::HeraldLp(c) => c.run(sink, stop).await,
+            Conn::SocketIoPolling(c) => c.run(sink, stop).await,
+            Conn::HeraldSse(c) => c.run(sink, stop).await,
         }
     }
 }

@@ -74,7 +74,7 @@ impl DeliverPlan {
 }
 
 pub async fn run(ctx: &Ctx, mut plan: DeliverPlan) -> RunResult {
-    let label = format!("{}-{}", plan.scenario, plan.subscribers);
+    let label = ctx.label(plan.scenario, plan.subscribers);
     let mut notes = Vec::new();
     if plan.subscribers > ctx.max_connections() {
         notes.push(format!(
@@ -95,8 +95,8 @@ pub async fn run(ctx: &Ctx, mut plan: DeliverPlan) -> RunResult {
         base.note(n);
     }
     eprintln!(
-        "[{}] {label}: {} subscribers, {} events",
-        ctx.kind, plan.subscribers, plan.events
+        "[{}] {label}: {} subscribers over {}, {} events",
+        ctx.kind, plan.subscribers, ctx.transport, plan.events
     );
     with_server(ctx, &label, false, base, |server, mut r| async move {
         let rss0 = server.rss_kib().unwrap_or(0);
@@ -134,6 +134,7 @@ pub async fn run(ctx: &Ctx, mut plan: DeliverPlan) -> RunResult {
             }
         };
         let cpu = CpuWindow::start(&server);
+        let polls0 = swarm.shared.polls.load(Ordering::Relaxed);
         let t0 = now_us();
         let started = Instant::now();
         let plan = Arc::new(plan);
@@ -175,6 +176,7 @@ pub async fn run(ctx: &Ctx, mut plan: DeliverPlan) -> RunResult {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let t_last = swarm.shared.last_delivery_us.load(Ordering::Relaxed);
+        let polls = swarm.shared.polls.load(Ordering::Relaxed) - polls0;
         cpu.finish(&server, &mut r);
         let rss_after = server.rss_kib().unwrap_or(0);
         let disconnects = swarm.shared.disconnects.load(Ordering::Relaxed);
@@ -201,6 +203,16 @@ pub async fn run(ctx: &Ctx, mut plan: DeliverPlan) -> RunResult {
             Better::Higher,
         );
         r.fig("delivered", delivered as f64, "msgs", Better::Info);
+        if polls > 0 {
+            // Over the measured window: how much each HTTP round trip carried.
+            r.fig("polls", polls as f64, "requests", Better::Info);
+            r.fig(
+                "deliveries_per_poll",
+                delivered as f64 / polls as f64,
+                "msgs",
+                Better::Info,
+            );
+        }
         r.add_delivery(acc, Percentiles::of(&hist));
         r.fig(
             "server_rss_idle_mib",
@@ -243,8 +255,12 @@ pub async fn run(ctx: &Ctx, mut plan: DeliverPlan) -> RunResult {
                 codes.join(", ")
             ));
         }
+        let per_poll = match polls {
+            0 => String::new(),
+            n => format!(" ({:.2} per poll)", delivered as f64 / n as f64),
+        };
         eprintln!(
-            "  {delivered} deliveries, {:.0}/s, p99 {:.2} ms, lost {} dup {} ooo {}",
+            "  {delivered} deliveries{per_poll}, {:.0}/s, p99 {:.2} ms, lost {} dup {} ooo {}",
             delivered as f64 / window_s,
             r.latency.map(|l| l.p99_ms).unwrap_or(0.0),
             acc.lost,

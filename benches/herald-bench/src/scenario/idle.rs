@@ -43,9 +43,12 @@ pub async fn idle(ctx: &Ctx, connections: usize, settle: Duration) -> RunResult 
     );
     let n = clamp(ctx, connections, &mut base);
     // Named after what was measured, so a clamped run is not mistaken for the size asked.
-    let label = format!("idle-{n}");
+    let label = ctx.label("idle", n);
     base.label = label.clone();
-    eprintln!("[{}] {label}: {n} idle identified connections", ctx.kind);
+    eprintln!(
+        "[{}] {label}: {n} idle identified connections over {}",
+        ctx.kind, ctx.transport
+    );
     with_server(ctx, &label, false, base, |server, mut r| async move {
         let rss0 = server.rss_kib().unwrap_or(0);
         let ep = ctx.endpoint(&server);
@@ -126,7 +129,7 @@ pub async fn connect(ctx: &Ctx, connections: usize) -> RunResult {
         json!({"connections": connections, "concurrency": ctx.common.connect_concurrency}),
     );
     let n = clamp(ctx, connections, &mut base);
-    let label = format!("connect-{n}");
+    let label = ctx.label("connect", n);
     base.label = label.clone();
     eprintln!(
         "[{}] {label}: {n} connections, {} at a time",

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::client::{Endpoint, Kind};
+use crate::client::{Endpoint, Kind, Transport};
 use crate::server::{Server, ServerOpts};
 use crate::stats::{Accounting, Percentiles};
 
@@ -26,6 +26,7 @@ pub struct Common {
 
 pub struct Ctx {
     pub kind: Kind,
+    pub transport: Transport,
     pub servers: ServerOpts,
     pub common: Common,
 }
@@ -34,11 +35,17 @@ impl Ctx {
     pub fn endpoint(&self, server: &Server) -> Endpoint {
         Endpoint {
             kind: self.kind,
+            transport: self.transport,
             addr: server.addr,
             jwt_secret: server.jwt_secret.clone(),
             read_buffer: self.common.read_buffer,
             timeout: Duration::from_secs(10),
         }
+    }
+
+    /// A run's label: scenario, transport tag and size (`fanout-1000`, `fanout-lp-1000`).
+    pub fn label(&self, scenario: &str, n: usize) -> String {
+        format!("{scenario}-{}{n}", self.transport.tag())
     }
 
     /// Connections one process can hold here: the NOFILE limit minus headroom for the
@@ -68,9 +75,12 @@ pub struct Figure {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunResult {
     pub scenario: String,
-    /// Scenario plus its size, e.g. `fanout-10000`: what runs are compared by.
+    /// Scenario, transport and size, e.g. `fanout-10000`, `fanout-lp-1000`: what runs are
+    /// compared by.
     pub label: String,
     pub target: Kind,
+    /// How the clients connected.
+    pub transport: Transport,
     pub params: serde_json::Value,
     pub figures: Vec<Figure>,
     pub accounting: Option<Accounting>,
@@ -87,6 +97,7 @@ impl RunResult {
             scenario: scenario.to_string(),
             label,
             target,
+            transport: Transport::Ws,
             params,
             figures: Vec::new(),
             accounting: None,
@@ -216,6 +227,7 @@ where
     Fut: std::future::Future<Output = (Server, RunResult)>,
 {
     let start = Instant::now();
+    base.transport = ctx.transport;
     let server = match Server::start(ctx.kind, &ctx.servers, tag, recovery).await {
         Ok(s) => s,
         Err(e) => {

@@ -2,8 +2,10 @@
 //! `missed` events, reconnect resuming from their last offset, and must receive exactly the
 //! missed events (then live ones), none twice, in order.
 //!
-//! Herald: `ident` with `channels: {"bench": {"offset", "epoch"}}`. Socket.IO: its connection
-//! state recovery (`40{"pid","offset"}`), which the peer turns on for this scenario only.
+//! Herald: `ident` with `channels: {"bench": {"offset", "epoch"}}` (WebSocket, long-poll), or
+//! over SSE the last `id:` sent back as `Last-Event-ID`, as a browser does. Socket.IO: its
+//! connection state recovery (`40{"pid","offset"}`, over either of its transports), which the
+//! peer turns on for this scenario only.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -73,7 +75,7 @@ async fn publish_n(p: &Publisher, n: u64, first: u64, into: &mut Published) -> R
 }
 
 pub async fn run(ctx: &Ctx, clients: usize, warmup: u64, missed: u64) -> RunResult {
-    let label = format!("recover-{clients}");
+    let label = ctx.label("recover", clients);
     let base = RunResult::new(
         "recover",
         label.clone(),
