@@ -341,8 +341,14 @@ impl Prepared {
     }
 }
 
+/// The largest request head (request line and headers), answered 431 beyond. hyper keeps a
+/// read buffer of this size for every open HTTP/1 connection (a parked long-poll, an SSE
+/// stream), and with its default (about 400 KiB) the buffer grows to 16 KiB on the first
+/// request: 8 KiB saves 6–7 KiB per idle connection and is nginx's and Apache's line limit.
+pub const MAX_REQUEST_HEAD: usize = 8192;
+
 /// Bounds how long a client may take to send its request headers (slowloris); axum's own
-/// `serve` sets no such timer.
+/// `serve` sets no such timer. Also bounds the request head ([`MAX_REQUEST_HEAD`]).
 fn with_header_timeout<A: axum_server::Address, Acc>(
     mut server: axum_server::Server<A, Acc>,
     timeout: Duration,
@@ -351,6 +357,7 @@ fn with_header_timeout<A: axum_server::Address, Acc>(
         .http_builder()
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(timeout);
+        .header_read_timeout(timeout)
+        .max_buf_size(MAX_REQUEST_HEAD);
     server
 }

@@ -237,6 +237,23 @@ async fn channels_idempotency_keys_and_bodies_are_bounded() {
 }
 
 #[tokio::test]
+async fn request_heads_are_bounded() {
+    let gw = start(&[]).await;
+    let http = reqwest::Client::new();
+    let get = |cookie: String| http.get(gw.url("/healthz")).header("cookie", cookie).send();
+    let status = get("a".repeat(6000)).await.unwrap().status();
+    assert_eq!(status, 200, "a 6 KB cookie is an ordinary request");
+    let status = get("a".repeat(herald::MAX_REQUEST_HEAD))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 431, "a head over MAX_REQUEST_HEAD is refused");
+    let status = get(String::new()).await.unwrap().status();
+    assert_eq!(status, 200, "the server keeps serving");
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn history_is_bounded_in_bytes() {
     let gw = start(&["--history-max-bytes", "4000"]).await;
     for i in 0..40 {

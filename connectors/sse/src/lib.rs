@@ -16,17 +16,18 @@
 
 pub mod position;
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use bytes::{BufMut, Bytes, BytesMut};
 use herald_connector_api::{
     ClientSession, IdentRequest, OutFrame, Outbox, PeerInfo, Received, SessionHub, Since,
 };
@@ -160,23 +161,26 @@ async fn stream(
             message: refused.message,
         })?;
     let positions = Positions::from_identified(&identified);
-    let first = Event::default()
-        .event("ident")
-        .data(serde_json::to_string(&identified).unwrap_or_default())
-        .id(positions.to_string());
+    let mut first = BytesMut::new();
+    let ident = serde_json::to_vec(&identified).unwrap_or_default();
+    write_message(&mut first, "ident", Some(&positions), &ident);
     let stream = Stream {
         session,
         outbox,
         positions,
-        pending: VecDeque::from([first]),
+        first: Some(first.freeze()),
+        heartbeat: state.config.heartbeat,
         ended: false,
     };
-    let events = futures_util::stream::unfold(stream, |mut stream| async move {
-        let event = stream.next().await?;
-        Some((Ok::<_, Infallible>(event), stream))
+    let chunks = futures_util::stream::unfold(stream, |mut stream| async move {
+        let chunk = stream.next_chunk().await?;
+        Some((Ok::<_, Infallible>(chunk), stream))
     });
-    let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(state.config.heartbeat));
-    Ok(([(header::CACHE_CONTROL, "no-store")], sse).into_response())
+    let headers = [
+        (header::CONTENT_TYPE, "text/event-stream"),
+        (header::CACHE_CONTROL, "no-store"),
+    ];
+    Ok((headers, Body::from_stream(chunks)).into_response())
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
@@ -194,82 +198,107 @@ struct Stream {
     session: Box<dyn ClientSession>,
     outbox: Outbox,
     positions: Positions,
-    pending: VecDeque<Event>,
+    /// The `ident` message, sent before anything else.
+    first: Option<Bytes>,
+    heartbeat: Duration,
     ended: bool,
 }
 
 impl Stream {
-    /// The next message, or `None` once the connection ended.
-    async fn next(&mut self) -> Option<Event> {
-        loop {
-            if let Some(event) = self.pending.pop_front() {
-                return Some(event);
+    /// Every message ready at one wake-up, written into one chunk (one write for hyper, not
+    /// one per event); a heartbeat comment when nothing came for `heartbeat`; `None` once
+    /// the connection ended.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
+        if self.ended {
+            return None;
+        }
+        let mut frames: Vec<OutFrame> = Vec::new();
+        let received = tokio::select! {
+            received = self.outbox.recv_many(&mut frames, BATCH) => received,
+            () = tokio::time::sleep(self.heartbeat) => return Some(Bytes::from_static(b":\n\n")),
+        };
+        let mut chunk = BytesMut::with_capacity(frames.iter().map(|f| f.frame.len() + 64).sum());
+        match received {
+            Received::Frames(_) => self.write_all(&mut chunk, frames),
+            Received::Ended(disconnect) => {
+                if !disconnect.discards_queue() {
+                    let queued = std::iter::from_fn(|| self.outbox.try_recv()).collect();
+                    self.write_all(&mut chunk, queued);
+                }
+                write_message(&mut chunk, "disconnect", None, &disconnect.frame());
+                self.ended = true;
+                tracing::debug!(
+                    conn = self.session.conn_id(),
+                    code = disconnect.code,
+                    "sse stream ends"
+                );
             }
-            if self.ended {
+            Received::Closed => {
+                self.ended = true;
                 return None;
             }
-            let mut frames: Vec<OutFrame> = Vec::new();
-            match self.outbox.recv_many(&mut frames, BATCH).await {
-                Received::Frames(_) => self.push_all(frames),
-                Received::Ended(disconnect) => {
-                    if !disconnect.discards_queue() {
-                        let queued = std::iter::from_fn(|| self.outbox.try_recv()).collect();
-                        self.push_all(queued);
-                    }
-                    let frame = disconnect.frame();
-                    self.pending.push_back(
-                        Event::default()
-                            .event("disconnect")
-                            .data(String::from_utf8_lossy(&frame)),
-                    );
-                    self.ended = true;
-                    tracing::debug!(
-                        conn = self.session.conn_id(),
-                        code = disconnect.code,
-                        "sse stream ends"
-                    );
-                }
-                Received::Closed => self.ended = true,
-            }
         }
+        Some(chunk.freeze())
     }
 
-    fn push_all(&mut self, frames: Vec<OutFrame>) {
+    fn write_all(&mut self, chunk: &mut BytesMut, frames: Vec<OutFrame>) {
         for out in frames {
-            let data = String::from_utf8_lossy(&out.frame).into_owned();
-            let event = match out.meta {
+            match out.meta {
                 Some(meta) => {
                     for (channel, offset) in &meta.via {
                         self.positions.advance(channel.as_str(), *offset);
                     }
-                    Event::default()
-                        .event(event_name(&meta.event))
-                        .data(data)
-                        .id(self.positions.to_string())
+                    write_message(chunk, &meta.event, Some(&self.positions), &out.frame);
                 }
                 // Notices (joined, left, unsubscribed) are rare: read their op.
-                None => Event::default().event(op_of(&data)).data(data),
-            };
-            self.pending.push_back(event);
+                None => write_message(chunk, &op_of(&out.frame), None, &out.frame),
+            }
         }
     }
 }
 
-/// An event name as an SSE `event:` field can carry it: control characters (which would end
-/// the field, or forge another) become U+FFFD.
-fn event_name(name: &str) -> String {
-    name.chars()
-        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
-        .collect()
+/// Appends one SSE message: `event:`, `id:` when given, and the frame as `data:` lines.
+fn write_message(chunk: &mut BytesMut, event: &str, id: Option<&Positions>, frame: &[u8]) {
+    chunk.put_slice(b"event: ");
+    // A control character would end the field (or forge another): it becomes U+FFFD.
+    for c in event.chars() {
+        let c = if c.is_control() { '\u{FFFD}' } else { c };
+        chunk.put_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+    }
+    if let Some(positions) = id {
+        chunk.put_slice(b"\nid: ");
+        // Writing into a BytesMut cannot fail.
+        let _ = write!(BytesWriter(chunk), "{positions}");
+    }
+    // Frames are compact JSON, one line; a line break would still only start another
+    // `data:` line, never another field.
+    for line in frame.split(|&b| b == b'\n') {
+        chunk.put_slice(b"\ndata: ");
+        chunk.put_slice(line.strip_suffix(b"\r").unwrap_or(line));
+    }
+    chunk.put_slice(b"\n\n");
 }
 
-fn op_of(frame: &str) -> String {
+/// `fmt::Write` into a `BytesMut`.
+struct BytesWriter<'a>(&'a mut BytesMut);
+
+impl std::fmt::Write for BytesWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.put_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+fn op_of(frame: &[u8]) -> String {
     #[derive(Deserialize)]
     struct Op {
         op: String,
     }
-    serde_json::from_str::<Op>(frame)
-        .map(|f| event_name(&f.op))
+    serde_json::from_slice::<Op>(frame)
+        .map(|f| f.op)
         .unwrap_or_else(|_| "message".into())
 }
 
@@ -280,10 +309,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn event_names_cannot_break_the_field() {
-        assert_eq!(event_name("MESSAGE:NEW"), "MESSAGE:NEW");
-        assert_eq!(event_name("a\nevent: forged"), "a\u{FFFD}event: forged");
-        assert_eq!(op_of(r#"{"op":"left","channel":"c"}"#), "left");
+    fn messages_cannot_forge_fields() {
+        let mut chunk = BytesMut::new();
+        write_message(&mut chunk, "MESSAGE:NEW", None, br#"{"a":1}"#);
+        write_message(&mut chunk, "a\nevent: forged", None, b"x\r\nid: 9");
+        assert_eq!(
+            &chunk[..],
+            "event: MESSAGE:NEW\ndata: {\"a\":1}\n\n\
+             event: a\u{FFFD}event: forged\ndata: x\ndata: id: 9\n\n"
+                .as_bytes()
+        );
+        assert_eq!(op_of(br#"{"op":"left","channel":"c"}"#), "left");
     }
 
     #[test]

@@ -91,12 +91,15 @@ fn is_plain(b: u8) -> bool {
 }
 
 fn encode(name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    for &b in name.as_bytes() {
-        if is_plain(b) {
-            write!(f, "{}", b as char)?;
-        } else {
+    let mut rest = name.as_bytes();
+    while !rest.is_empty() {
+        let plain = rest.iter().take_while(|&&b| is_plain(b)).count();
+        // Plain bytes are ASCII: always UTF-8.
+        f.write_str(std::str::from_utf8(&rest[..plain]).map_err(|_| fmt::Error)?)?;
+        if let Some(b) = rest.get(plain) {
             write!(f, "%{b:02X}")?;
         }
+        rest = rest.get(plain + 1..).unwrap_or_default();
     }
     Ok(())
 }
