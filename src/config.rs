@@ -246,8 +246,11 @@ struct FileConfig {
     longpoll: LongPollConfig,
     #[serde(default)]
     sse: SseConfig,
-    // Sections of connectors that later issues add; accepted now so a file written for the
-    // whole contract loads, and reported at start-up as not yet active.
+    #[cfg(feature = "nats")]
+    nats: Option<herald_connector_nats::NatsConfig>,
+    // Sections of connectors this build lacks or later issues add; accepted so a file
+    // written for the whole contract loads, and reported at start-up as not active.
+    #[cfg(not(feature = "nats"))]
     nats: Option<toml::Table>,
     amqp: Option<toml::Table>,
     file_tail: Option<Vec<toml::Table>>,
@@ -376,6 +379,9 @@ pub struct Config {
     pub longpoll: LongPollConfig,
     /// The SSE transport's `[sse]` section.
     pub sse: SseConfig,
+    /// The NATS connector's `[nats]` section; `None`: not connected to NATS.
+    #[cfg(feature = "nats")]
+    pub nats: Option<herald_connector_nats::NatsConfig>,
     /// Most open connections.
     pub max_connections: usize,
     /// Most ordinary channels per connection.
@@ -605,8 +611,12 @@ impl Config {
         {
             p.add(key, problem);
         }
+        #[cfg(feature = "nats")]
+        for (key, problem) in file.nats.iter().flat_map(|n| n.problems()) {
+            p.add(key, problem);
+        }
         let inactive_sections = [
-            ("nats", file.nats.is_some()),
+            ("nats", cfg!(not(feature = "nats")) && file.nats.is_some()),
             ("amqp", file.amqp.is_some()),
             ("file_tail", file.file_tail.is_some()),
             ("rpc", file.rpc.is_some()),
@@ -714,6 +724,8 @@ impl Config {
             ),
             longpoll: file.longpoll,
             sse: file.sse,
+            #[cfg(feature = "nats")]
+            nats: file.nats,
             node: cli.node.or(file.node),
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             inactive_sections,
@@ -832,6 +844,28 @@ mod tests {
         assert_eq!(
             load(&[], Some("[tls]\ncert = \"a.pem\"\n")).unwrap_err().0[0].key,
             "tls.key"
+        );
+    }
+
+    #[cfg(feature = "nats")]
+    #[test]
+    fn the_nats_section_is_the_connectors_struct() {
+        let c = load(&[], Some("[nats]\njetstream = true\nack_wait = \"10s\"\n")).unwrap();
+        let nats = c.nats.expect("[nats] read");
+        assert!(nats.jetstream);
+        assert_eq!(
+            (nats.prefix.as_str(), nats.ack_wait),
+            ("herald", Duration::from_secs(10))
+        );
+        assert!(c.inactive_sections.is_empty());
+        let err = load(&[], Some("[nats]\nmax_deliver = 0\nprefix = \"a b\"\n")).unwrap_err();
+        let keys: Vec<_> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["nats.prefix", "nats.max_deliver"]);
+        let unknown = load(&[], Some("[nats]\nurll = \"x\"\n")).unwrap_err();
+        assert!(
+            unknown.0[0].to_string().contains("urll"),
+            "{}",
+            unknown.0[0]
         );
     }
 }

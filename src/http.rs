@@ -157,11 +157,20 @@ async fn check_origin(
     next.run(request).await
 }
 
+/// 200 when the listener and every connector are up; else 503 naming what is not
+/// (`nats: reconnecting since …`).
 async fn readyz(State(probes): State<Probes>) -> Response {
-    if probes.ready.get() {
+    let mut failing = probes.metrics.connectors.failing();
+    if !probes.ready.get() {
+        failing.insert(
+            0,
+            "listener: not accepting (starting or shutting down)".into(),
+        );
+    }
+    if failing.is_empty() {
         Json(serde_json::json!({"ready": true})).into_response()
     } else {
-        let body = serde_json::json!({"ready": false, "failing": ["listener: not accepting (starting or shutting down)"]});
+        let body = serde_json::json!({"ready": false, "failing": failing});
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }

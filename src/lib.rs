@@ -12,12 +12,14 @@
 //! - [`http`]: the one HTTP(S) app: routers merged, CORS, Origin checks, probes.
 //! - [`tls`]: rustls server config from files or a self-signed certificate.
 //! - [`accept`]: the first-byte deadline every new connection passes.
+//! - [`connectors`]: starts the inbound connectors (NATS) the configuration names.
 //! - [`metrics`]: Prometheus counters.
 //! - [`run`]: wires it all up and runs until shutdown; `main` and the tests both call it.
 
 pub mod accept;
 pub mod auth;
 pub mod config;
+pub mod connectors;
 pub mod http;
 pub mod hub;
 pub mod metrics;
@@ -189,6 +191,7 @@ pub fn prepare(config: Config, listener: std::net::TcpListener) -> Result<Prepar
         gateway: Arc::new(hub.clone()),
         api_key: api_key.0.clone(),
         max_body_size: config.max_body_size,
+        connectors: metrics.connectors.clone(),
     });
     let ws = herald_connector_ws::routes(WsState {
         hub: Arc::new(hub.clone()),
@@ -257,6 +260,17 @@ impl Prepared {
             tracker,
         } = self;
         let token = CancellationToken::new();
+        // Connectors stop before the hub, so what they took is accepted and acknowledged
+        // rather than refused with "shutting down" and delivered again.
+        let (sources, sources_token) = (TaskTracker::new(), CancellationToken::new());
+        let gateway: Arc<dyn herald_connector_api::Gateway> = Arc::new(hub.clone());
+        connectors::start(
+            &config,
+            &gateway,
+            &hub.metrics().connectors,
+            &sources,
+            &sources_token,
+        );
         tracker.spawn(hub.clone().run_sweeper(token.child_token()));
         tracker.spawn(hub.clone().run_auth_deadlines(token.child_token()));
         tracker.spawn(longpoll.run_sweeper(token.child_token()));
@@ -302,6 +316,7 @@ impl Prepared {
         };
         if let Some(result) = server_failed {
             // The server stopped on its own: that is a listener failure, not a shutdown.
+            sources_token.cancel();
             token.cancel();
             return match result {
                 Ok(Ok(())) => Ok(()),
@@ -316,6 +331,14 @@ impl Prepared {
         );
         ready.set(false);
         handle.graceful_shutdown(Some(config.shutdown_grace));
+        sources_token.cancel();
+        sources.close();
+        if tokio::time::timeout(config.shutdown_grace, sources.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!("connectors did not stop within shutdown_grace");
+        }
         hub.shut_down();
         token.cancel();
         tracker.close();

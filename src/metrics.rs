@@ -1,8 +1,14 @@
 //! Prometheus metrics: connections, events in and out, slow-consumer cuts, bounds hit.
 
+use std::fmt;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
+use herald_connector_api::{ConnectorCounts, ConnectorSet};
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -34,6 +40,8 @@ pub struct Metrics {
     pub recoveries_too_large: Counter<u64, AtomicU64>,
     /// Times a configured bound was hit, by the bound's config key.
     limit_hits: Family<LimitLabel, Counter<u64, AtomicU64>>,
+    /// The inbound connectors, whose counters are read at each scrape.
+    pub connectors: Arc<ConnectorSet>,
 }
 
 impl Default for Metrics {
@@ -57,8 +65,10 @@ impl Metrics {
             recoveries_failed: Counter::default(),
             recoveries_too_large: Counter::default(),
             limit_hits: Family::default(),
+            connectors: Arc::default(),
             registry: Registry::default(),
         };
+        registry.register_collector(Box::new(ConnectorCollector(m.connectors.clone())));
         registry.register(
             "connections",
             "Open client connections",
@@ -123,5 +133,67 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// `herald_connector_*_total{connector=…}`: each connector's counters, read at scrape time.
+#[derive(Debug)]
+struct ConnectorCollector(Arc<ConnectorSet>);
+
+type CountOf = fn(&ConnectorCounts) -> u64;
+
+impl Collector for ConnectorCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        let counts: Vec<(String, ConnectorCounts)> = self
+            .0
+            .all()
+            .iter()
+            .map(|s| (s.name().to_owned(), s.counts()))
+            .collect();
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let plain: [(&str, &str, CountOf); 3] = [
+            (
+                "connector_received",
+                "Messages taken from a connector's source",
+                |c| c.received,
+            ),
+            (
+                "connector_accepted",
+                "Envelopes from a connector the gateway accepted",
+                |c| c.accepted,
+            ),
+            (
+                "connector_duplicates",
+                "Redeliveries a connector recognised and did not publish again",
+                |c| c.duplicates,
+            ),
+        ];
+        for (name, help, count) in plain {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for (connector, c) in &counts {
+                let labels = [("connector", connector.as_str())];
+                ConstCounter::new(count(c)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "connector_rejected",
+            "Messages a connector refused, by reason",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for (connector, c) in &counts {
+            for (reason, n) in &c.rejected {
+                let labels = [("connector", connector.as_str()), ("reason", reason)];
+                ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
     }
 }

@@ -7,6 +7,7 @@ mod cors;
 mod framing;
 mod http_api;
 mod longpoll;
+mod nats;
 mod process;
 mod sse;
 mod tls;

@@ -32,6 +32,53 @@ pub enum PublishError {
     AtCapacity(#[from] AtCapacity),
 }
 
+impl PublishError {
+    /// The contract's code: 4000 bad input, 4100 shutting down, 4503 at capacity.
+    pub fn code(&self) -> u16 {
+        match self {
+            Self::Invalid(_) => 4000,
+            Self::ShuttingDown => 4100,
+            Self::AtCapacity(_) => 4503,
+        }
+    }
+
+    /// The message a publisher sees: the field and what is wrong with it, or what happened.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Invalid(e) => format!("{}: {}", e.field, e.message),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// What every publish path answers for one envelope: the result, or the contract's
+/// `{"code","error"}`.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum PublishOutcome {
+    /// Accepted.
+    Published(Published),
+    /// Refused.
+    Refused {
+        /// The contract's code.
+        code: u16,
+        /// What was wrong.
+        error: String,
+    },
+}
+
+impl From<Result<Published, PublishError>> for PublishOutcome {
+    fn from(result: Result<Published, PublishError>) -> Self {
+        match result {
+            Ok(published) => Self::Published(published),
+            Err(e) => Self::Refused {
+                code: e.code(),
+                error: e.message(),
+            },
+        }
+    }
+}
+
 /// A configured bound that is reached: the config key and its value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("at capacity: {key} = {limit} reached")]

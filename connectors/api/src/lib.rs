@@ -26,12 +26,15 @@ pub mod session;
 
 pub use channel::{check_user_id, ChannelKind, ChannelName, ChannelNameError};
 pub use compact::CompactJson;
-pub use connector::{Connector, ConnectorContext, ConnectorError};
+pub use connector::{
+    Connector, ConnectorContext, ConnectorCounts, ConnectorError, ConnectorSet, ConnectorStatus,
+    Health,
+};
 pub use envelope::{Envelope, EnvelopeBatch};
 pub use field::{parse_json, FieldError};
 pub use gateway::{
     AtCapacity, ChannelSummary, Gateway, GatewayInfo, HistoryError, HistoryPage, Member,
-    PublishError, Published, Since, Target,
+    PublishError, PublishOutcome, Published, Since, Target,
 };
 pub use queue::{
     outbox, BacklogRoom, EventMeta, FrameSender, OutFrame, Outbox, OutboxLimits, QueueError,

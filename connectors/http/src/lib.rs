@@ -18,10 +18,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use herald_connector_api::envelope::EnvelopeBatch;
 use herald_connector_api::{
-    ChannelName, Envelope, FieldError, Gateway, PublishError, Published, Since, Target,
+    ChannelName, ConnectorSet, Envelope, FieldError, Gateway, PublishError, PublishOutcome, Since,
+    Target,
 };
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// Default `limit` of a history read.
 const DEFAULT_HISTORY_LIMIT: usize = 100;
@@ -35,6 +36,8 @@ pub struct ApiState {
     pub api_key: Arc<str>,
     /// Largest request body in bytes; larger is answered 413.
     pub max_body_size: usize,
+    /// The node's inbound connectors, whose health `/api/info` shows by name.
+    pub connectors: Arc<ConnectorSet>,
 }
 
 /// The router serving `/api/*`.
@@ -83,35 +86,16 @@ impl IntoResponse for ApiError {
 
 impl From<PublishError> for ApiError {
     fn from(err: PublishError) -> Self {
-        let (status, code) = match &err {
-            PublishError::Invalid(e) => return Self::bad_request(&e.field, &e.message),
-            PublishError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, 4100),
-            PublishError::AtCapacity(_) => (StatusCode::SERVICE_UNAVAILABLE, 4503),
+        let status = match &err {
+            PublishError::Invalid(_) => StatusCode::BAD_REQUEST,
+            PublishError::ShuttingDown | PublishError::AtCapacity(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         };
         Self {
             status,
-            code,
-            message: err.to_string(),
-        }
-    }
-}
-
-/// One item of a batch publish's answer: what a single publish would have answered.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum ItemResult {
-    Published(Published),
-    Refused { code: u16, error: String },
-}
-
-impl From<Result<Published, ApiError>> for ItemResult {
-    fn from(result: Result<Published, ApiError>) -> Self {
-        match result {
-            Ok(published) => Self::Published(published),
-            Err(e) => Self::Refused {
-                code: e.code,
-                error: e.message,
-            },
+            code: err.code(),
+            message: err.message(),
         }
     }
 }
@@ -170,13 +154,10 @@ async fn publish(
     Ok(match batch {
         EnvelopeBatch::One(envelope) => Json(state.gateway.publish(envelope)?).into_response(),
         EnvelopeBatch::Many(items) => {
-            let results: Vec<ItemResult> = items
+            let results: Vec<PublishOutcome> = items
                 .into_iter()
-                .map(|item| {
-                    let envelope = item.map_err(field_error)?;
-                    Ok(state.gateway.publish(envelope)?)
-                })
-                .map(ItemResult::from)
+                .map(|item| state.gateway.publish(item?))
+                .map(PublishOutcome::from)
                 .collect();
             Json(results).into_response()
         }
@@ -297,7 +278,15 @@ async fn unsubscribe(
 }
 
 async fn info(State(state): State<ApiState>) -> Response {
-    Json(state.gateway.info()).into_response()
+    let connectors: serde_json::Map<String, serde_json::Value> = state
+        .connectors
+        .all()
+        .iter()
+        .map(|c| (c.name().to_owned(), c.health().to_string().into()))
+        .collect();
+    let mut info = serde_json::json!(state.gateway.info());
+    info["connectors"] = connectors.into();
+    Json(info).into_response()
 }
 
 fn parse_channel(name: &str) -> Result<ChannelName, ApiError> {

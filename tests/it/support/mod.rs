@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod longpoll;
+pub mod nats;
 pub mod sse;
 
 use std::net::SocketAddr;

@@ -1,0 +1,45 @@
+//! NATS core: at-most-once, like the broker itself. A message published while Herald is
+//! disconnected is lost by NATS; use JetStream when that matters. A request (a message with a
+//! reply subject) is answered what `POST /api/publish` would answer, errors included.
+
+use async_nats::Client;
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::ingest::Ingest;
+use crate::NatsError;
+
+/// Consumes `<prefix>.publish` and `<prefix>.channel.>` until `shutdown`.
+pub async fn run(
+    client: &Client,
+    ingest: &Ingest,
+    shutdown: &CancellationToken,
+) -> Result<(), NatsError> {
+    let publish = client
+        .subscribe(ingest.publish_subject().to_owned())
+        .await
+        .map_err(|e| NatsError::Subscribe(e.to_string()))?;
+    let channels = client
+        .subscribe(ingest.channel_wildcard())
+        .await
+        .map_err(|e| NatsError::Subscribe(e.to_string()))?;
+    let mut messages = futures_util::stream::select(publish, channels);
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break,
+            message = messages.next() => message,
+        };
+        let Some(message) = message else { break };
+        let handled = ingest.handle(
+            message.subject.as_str(),
+            message.headers.as_ref(),
+            &message.payload,
+        );
+        if let Some(reply) = message.reply {
+            if let Err(e) = client.publish(reply, handled.answer).await {
+                tracing::warn!(error = %e, "could not answer a NATS request");
+            }
+        }
+    }
+    Ok(())
+}
