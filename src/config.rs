@@ -252,9 +252,9 @@ struct FileConfig {
     // written for the whole contract loads, and reported at start-up as not active.
     #[cfg(not(feature = "nats"))]
     nats: Option<toml::Table>,
+    rpc: Option<herald_connector_rpc::RpcConfig>,
     amqp: Option<toml::Table>,
     file_tail: Option<Vec<toml::Table>>,
-    rpc: Option<toml::Table>,
     cluster: Option<toml::Table>,
 }
 
@@ -382,6 +382,8 @@ pub struct Config {
     /// The NATS connector's `[nats]` section; `None`: not connected to NATS.
     #[cfg(feature = "nats")]
     pub nats: Option<herald_connector_nats::NatsConfig>,
+    /// The `[rpc]` section; `None`: clients' `rpc` gets 4500.
+    pub rpc: Option<herald_connector_rpc::RpcConfig>,
     /// Most open connections.
     pub max_connections: usize,
     /// Most ordinary channels per connection.
@@ -615,11 +617,24 @@ impl Config {
         for (key, problem) in file.nats.iter().flat_map(|n| n.problems()) {
             p.add(key, problem);
         }
+        for (key, problem) in file.rpc.iter().flat_map(|r| r.problems()) {
+            p.add(key, problem);
+        }
+        if cfg!(not(feature = "nats"))
+            && file
+                .rpc
+                .as_ref()
+                .is_some_and(|r| r.backend == herald_connector_rpc::RpcBackendKind::Nats)
+        {
+            p.add(
+                "rpc.backend",
+                "this build has no NATS connector: use \"http\"",
+            );
+        }
         let inactive_sections = [
             ("nats", cfg!(not(feature = "nats")) && file.nats.is_some()),
             ("amqp", file.amqp.is_some()),
             ("file_tail", file.file_tail.is_some()),
-            ("rpc", file.rpc.is_some()),
             ("cluster", file.cluster.is_some()),
         ]
         .into_iter()
@@ -726,6 +741,7 @@ impl Config {
             sse: file.sse,
             #[cfg(feature = "nats")]
             nats: file.nats,
+            rpc: file.rpc,
             node: cli.node.or(file.node),
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             inactive_sections,

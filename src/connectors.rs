@@ -1,13 +1,126 @@
 //! Starts the inbound connectors the configuration names, each under the shutdown signal,
-//! with its status registered for the probes, `/api/info` and `/metrics`.
+//! with its status registered for the probes, `/api/info` and `/metrics`; and connects the
+//! backends the hub calls out to (`[rpc]`, client activity).
 
 use std::sync::Arc;
 
-use herald_connector_api::{Connector, ConnectorContext, ConnectorSet, Gateway, Health};
+use herald_connector_api::{
+    Connector, ConnectorContext, ConnectorSet, Gateway, Health, RpcBackend,
+};
+use herald_connector_rpc::{HttpRpc, RpcBackendKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::hub::{Backends, Hub, RpcSetup};
+
+/// Why a backend could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {message}")]
+pub struct BackendError {
+    what: &'static str,
+    message: String,
+}
+
+/// Connects the rpc backend and the activity publisher the configuration asks for and hands
+/// them to `hub`. Calls run on `calls`; the activity publisher on `outbound`, until
+/// `outbound_shutdown` (cancel it after the connections are gone, so their disconnects go
+/// out too).
+///
+/// # Errors
+/// [`BackendError`] when a backend cannot be built (a bad NATS URL, no HTTP client).
+pub async fn connect_backends(
+    config: &Config,
+    hub: &Hub,
+    calls: &TaskTracker,
+    outbound: &TaskTracker,
+    outbound_shutdown: &CancellationToken,
+) -> Result<(), BackendError> {
+    let mut backends = Backends::default();
+    if let Some(rpc) = config
+        .rpc
+        .as_ref()
+        .filter(|r| r.backend == RpcBackendKind::Http)
+    {
+        let backend = HttpRpc::new(rpc).map_err(|e| BackendError {
+            what: "rpc",
+            message: e.to_string(),
+        })?;
+        backends.rpc = Some(rpc_setup(rpc, Arc::new(backend), calls));
+    }
+    #[cfg(feature = "nats")]
+    nats_backends(
+        config,
+        hub,
+        &mut backends,
+        calls,
+        outbound,
+        outbound_shutdown,
+    )
+    .await?;
+    // Without the NATS feature nothing publishes activity (and config refuses rpc over NATS).
+    let _ = (outbound, outbound_shutdown);
+    hub.set_backends(backends);
+    Ok(())
+}
+
+/// One NATS client (`nats-outbound`) for rpc over NATS and client activity, when either is on.
+#[cfg(feature = "nats")]
+async fn nats_backends(
+    config: &Config,
+    hub: &Hub,
+    backends: &mut Backends,
+    calls: &TaskTracker,
+    outbound: &TaskTracker,
+    outbound_shutdown: &CancellationToken,
+) -> Result<(), BackendError> {
+    use herald_connector_nats::outbound::{activity, NatsRpc};
+
+    let nats = config.nats.clone().unwrap_or_default();
+    let rpc = config
+        .rpc
+        .as_ref()
+        .filter(|r| r.backend == RpcBackendKind::Nats);
+    if rpc.is_none() && !nats.events {
+        return Ok(());
+    }
+    let status = hub.metrics().connectors.register("nats-outbound");
+    let client = herald_connector_nats::connect(&nats.url, status.clone())
+        .await
+        .map_err(|e| BackendError {
+            what: "nats (rpc, events)",
+            message: e.to_string(),
+        })?;
+    if let Some(rpc) = rpc {
+        let backend = NatsRpc::new(client.clone(), &nats.prefix);
+        backends.rpc = Some(rpc_setup(rpc, Arc::new(backend), calls));
+    }
+    if nats.events {
+        let (sink, publisher) = activity(
+            client,
+            &nats.prefix,
+            nats.events_queue,
+            nats.events_debounce,
+            status,
+        );
+        outbound.spawn(publisher.run(outbound_shutdown.clone()));
+        backends.activity = Some(Arc::new(sink));
+    }
+    Ok(())
+}
+
+fn rpc_setup(
+    config: &herald_connector_rpc::RpcConfig,
+    backend: Arc<dyn RpcBackend>,
+    calls: &TaskTracker,
+) -> RpcSetup {
+    RpcSetup {
+        backend,
+        timeout: config.timeout,
+        max_in_flight: config.max_in_flight,
+        tasks: calls.clone(),
+    }
+}
 
 /// Spawns every configured connector on `tracker`; they stop when `shutdown` is cancelled.
 pub fn start(

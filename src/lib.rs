@@ -60,6 +60,9 @@ pub enum RunError {
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// A backend (rpc, activity) could not be set up.
+    #[error(transparent)]
+    Backend(#[from] connectors::BackendError),
 }
 
 /// Keys Herald made up because the configuration named none.
@@ -271,6 +274,8 @@ impl Prepared {
             &sources,
             &sources_token,
         );
+        let (outbound, outbound_token) = (TaskTracker::new(), CancellationToken::new());
+        connectors::connect_backends(&config, &hub, &tracker, &outbound, &outbound_token).await?;
         tracker.spawn(hub.clone().run_sweeper(token.child_token()));
         tracker.spawn(hub.clone().run_auth_deadlines(token.child_token()));
         tracker.spawn(longpoll.run_sweeper(token.child_token()));
@@ -317,6 +322,7 @@ impl Prepared {
         if let Some(result) = server_failed {
             // The server stopped on its own: that is a listener failure, not a shutdown.
             sources_token.cancel();
+            outbound_token.cancel();
             token.cancel();
             return match result {
                 Ok(Ok(())) => Ok(()),
@@ -351,6 +357,10 @@ impl Prepared {
                 "connections did not close within shutdown_grace"
             );
         }
+        // Activity publishing stops last, so the disconnects of the closed clients go out.
+        outbound_token.cancel();
+        outbound.close();
+        let _ = tokio::time::timeout(config.shutdown_grace, outbound.wait()).await;
         // In-flight HTTP requests (a publish half-way through its body) get their answer
         // before the process goes.
         if tokio::time::timeout(config.shutdown_grace, &mut server)

@@ -1,7 +1,7 @@
 //! One client connection as the hub sees it: identity, joined channels and outbound queue.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -43,6 +43,8 @@ pub struct Conn {
     in_broadcast: AtomicBool,
     /// Whether event frames are queued with their [`EventMeta`] (the transport asked).
     pub event_meta: bool,
+    /// Client `rpc` calls not answered yet.
+    pub rpc_in_flight: AtomicUsize,
     frames_tx: FrameSender,
 }
 
@@ -62,6 +64,7 @@ impl Conn {
             channels: Mutex::new(HashSet::new()),
             in_broadcast: AtomicBool::new(false),
             event_meta,
+            rpc_in_flight: AtomicUsize::new(0),
             frames_tx,
         };
         (Arc::new(conn), outbox)

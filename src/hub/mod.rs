@@ -26,8 +26,10 @@
 //! - `gateway`: what publishers and the admin API ask of the hub.
 //! - [`event`], [`frame`]: frames serialized once; client frames parsed once.
 //! - [`dedup`], [`auth_deadline`]: the idempotency window; the `ident` deadline.
+//! - [`backends`]: calls out: clients' `rpc`, client activity.
 
 mod auth_deadline;
+mod backends;
 mod channel;
 mod conn;
 mod dedup;
@@ -45,12 +47,13 @@ use std::time::{Duration, Instant};
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use herald_connector_api::{
-    AtCapacity, ChannelKind, ChannelName, Disconnect, OpenError, Outbox, OutboxLimits, PeerInfo,
-    SessionHub, Target,
+    ActivityKind, AtCapacity, ChannelKind, ChannelName, Disconnect, OpenError, Outbox,
+    OutboxLimits, PeerInfo, SessionHub, Target,
 };
 use parking_lot::{ArcMutexGuard, Mutex, RawMutex};
 use tokio_util::sync::CancellationToken;
 
+pub use backends::{Backends, RpcSetup};
 pub use channel::ChannelRule;
 pub use event::EventBody;
 
@@ -126,6 +129,7 @@ struct Inner {
     channels: DashMap<ChannelName, Arc<Mutex<Channel>>>,
     dedup: Dedup,
     auth_deadlines: AuthDeadlines,
+    backends: std::sync::OnceLock<Backends>,
 }
 
 /// Adds one to `counter` unless it is at `max`.
@@ -154,6 +158,7 @@ impl Hub {
             channels: DashMap::new(),
             dedup,
             auth_deadlines,
+            backends: std::sync::OnceLock::new(),
         }))
     }
 
@@ -306,10 +311,20 @@ impl Hub {
                 self.notify_membership(&channel, "left", conn);
             }
         }
+        self.activity(ActivityKind::Disconnect, conn, None, None);
     }
 
     /// Tells the other members of a channel with notices on that `conn` joined or left.
+    /// Also reports the join or leave of an ordinary channel as activity.
     fn notify_membership(&self, channel: &Channel, op: &'static str, conn: &Conn) {
+        if channel.name.kind() == ChannelKind::Ordinary {
+            let kind = if op == "joined" {
+                ActivityKind::Join
+            } else {
+                ActivityKind::Leave
+            };
+            self.activity(kind, conn, Some(channel.name.as_str()), None);
+        }
         if !channel.rule.join_leave_notices {
             return;
         }

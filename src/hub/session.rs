@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use herald_connector_api::{
-    AtCapacity, BacklogRoom, ChannelKind, ChannelName, ChannelPosition, ClientSession, CompactJson,
-    Disconnect, IdentRefused, IdentRequest, Identified, OutFrame, PeerInfo, Since,
+    ActivityKind, AtCapacity, BacklogRoom, ChannelKind, ChannelName, ChannelPosition,
+    ClientSession, CompactJson, Disconnect, IdentRefused, IdentRequest, Identified, OutFrame,
+    PeerInfo, Since,
 };
 use serde_json::json;
 
@@ -64,8 +65,8 @@ impl Session {
             "history" => self.history(f, &identity),
             "rpc" => {
                 let method = required(&f.method, "method")?;
-                tracing::debug!(conn = %self.conn.id, %method, "rpc refused: no backend");
-                Err(OpError::new(4500, "no rpc backend configured"))
+                let data = f.data.clone().unwrap_or_else(CompactJson::null);
+                self.hub.rpc(&self.conn, f.id, method, data)
             }
             "ping" => {
                 self.reply(f.id, &json!({}));
@@ -196,6 +197,8 @@ impl Session {
         self.reply_with_backlog(reply_id, &identified, recovered_frames);
         self.conn.join_broadcast();
         drop(channels);
+        self.hub
+            .activity(ActivityKind::Connect, &self.conn, None, None);
         Ok(identified)
     }
 
@@ -293,6 +296,12 @@ impl Session {
             .map_err(at_capacity)?;
         let offset = offsets.get(name.as_str()).copied().unwrap_or_default();
         self.reply(f.id, &json!({"id": body.id, "offset": offset}));
+        self.hub.activity(
+            ActivityKind::Publish,
+            &self.conn,
+            Some(name.as_str()),
+            Some(event),
+        );
         Ok(())
     }
 

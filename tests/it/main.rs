@@ -2,6 +2,7 @@
 
 mod support;
 
+mod activity;
 mod bounds;
 mod cors;
 mod framing;
@@ -9,6 +10,7 @@ mod http_api;
 mod longpoll;
 mod nats;
 mod process;
+mod rpc;
 mod sse;
 mod tls;
 mod ws_protocol;

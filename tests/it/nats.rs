@@ -49,14 +49,34 @@ async fn nats_client(nats: &NatsServer) -> async_nats::Client {
 }
 
 async fn request(nats: &async_nats::Client, subject: &str, body: Vec<u8>) -> Value {
-    let reply = tokio::time::timeout(
-        Duration::from_secs(10),
-        nats.request(subject.to_owned(), body.into()),
-    )
-    .await
-    .expect("answered in time")
-    .expect("answered");
-    serde_json::from_slice(&reply.payload).expect("answers are JSON")
+    request_channel_bytes(nats, subject, HeaderMap::new(), body).await
+}
+
+/// A request, asked again while the server does not know Herald's subscription yet (it
+/// takes it in its own time after `/readyz` saw the connection).
+async fn request_channel_bytes(
+    nats: &async_nats::Client,
+    subject: &str,
+    headers: HeaderMap,
+    body: Vec<u8>,
+) -> Value {
+    use async_nats::client::RequestErrorKind;
+    for _ in 0..200 {
+        let reply = tokio::time::timeout(
+            Duration::from_secs(10),
+            nats.request_with_headers(subject.to_owned(), headers.clone(), body.clone().into()),
+        )
+        .await
+        .expect("answered in time");
+        match reply {
+            Ok(reply) => return serde_json::from_slice(&reply.payload).expect("answers are JSON"),
+            Err(e) if e.kind() == RequestErrorKind::NoResponders => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("request: {e}"),
+        }
+    }
+    panic!("Herald never subscribed to {subject}");
 }
 
 async fn request_channel(
@@ -69,14 +89,7 @@ async fn request_channel(
     for (name, value) in headers {
         map.insert(*name, *value);
     }
-    let reply = tokio::time::timeout(
-        Duration::from_secs(10),
-        nats.request_with_headers(subject.to_owned(), map, body.to_owned().into()),
-    )
-    .await
-    .expect("answered in time")
-    .expect("answered");
-    serde_json::from_slice(&reply.payload).expect("answers are JSON")
+    request_channel_bytes(nats, subject, map, body.as_bytes().to_vec()).await
 }
 
 async fn joined(gw: &Gateway, channel: &str) -> Client {

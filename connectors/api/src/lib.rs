@@ -14,7 +14,9 @@
 //! - [`session`]: the transport seam: one client connection, its inbound frames and its outbox.
 //! - [`queue`]: the outbox: a bounded, lazily allocated frame queue, then the disconnect.
 //! - [`connector`]: the trait inbound sources implement, and their context.
+//! - [`backend`]: what the core asks of backends: rpc answers, activity.
 
+pub mod backend;
 pub mod channel;
 pub mod compact;
 pub mod connector;
@@ -24,6 +26,9 @@ pub mod gateway;
 pub mod queue;
 pub mod session;
 
+pub use backend::{
+    rpc_answer, Activity, ActivityKind, ActivitySink, RpcBackend, RpcCall, RpcError, RpcFuture,
+};
 pub use channel::{check_user_id, ChannelKind, ChannelName, ChannelNameError};
 pub use compact::CompactJson;
 pub use connector::{

@@ -15,15 +15,18 @@
 //! - [`ingest`]: one message to the gateway, and the answer.
 //! - [`core_nats`]: plain subscriptions, request/reply.
 //! - [`jetstream`]: the stream, the durable consumer, acks and redeliveries.
+//! - [`outbound`]: clients' `rpc` as NATS requests; client activity published.
 
 pub mod core_nats;
 pub mod ingest;
 pub mod jetstream;
+pub mod outbound;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::{ConnectOptions, Event};
-use herald_connector_api::{Connector, ConnectorContext, ConnectorError, Health};
+use async_nats::{Client, ConnectOptions, Event};
+use herald_connector_api::{Connector, ConnectorContext, ConnectorError, ConnectorStatus, Health};
 use rand::Rng;
 use serde::Deserialize;
 
@@ -62,6 +65,14 @@ pub struct NatsConfig {
     /// How long the stream keeps a message [default: 24h].
     #[serde(with = "humantime_serde")]
     pub stream_max_age: Duration,
+    /// Publish client activity on `<prefix>.events.<kind>` [default: false].
+    pub events: bool,
+    /// A user's disconnect followed by a connect within this is reported once, as the
+    /// connect; 0 reports both [default: 0s].
+    #[serde(with = "humantime_serde")]
+    pub events_debounce: Duration,
+    /// Activities waiting to be published, at most; more are dropped and counted [default: 10000].
+    pub events_queue: usize,
 }
 
 impl Default for NatsConfig {
@@ -79,6 +90,9 @@ impl Default for NatsConfig {
             stream_max_messages: 1_000_000,
             stream_max_bytes: 1 << 30,
             stream_max_age: Duration::from_secs(24 * 3600),
+            events: false,
+            events_debounce: Duration::ZERO,
+            events_queue: 10_000,
         }
     }
 }
@@ -128,6 +142,9 @@ impl NatsConfig {
         if self.max_ack_pending < 1 {
             problems.push(("nats.max_ack_pending", "must be at least 1"));
         }
+        if self.events_queue < 1 {
+            problems.push(("nats.events_queue", "must be at least 1"));
+        }
         problems
     }
 }
@@ -165,33 +182,11 @@ impl NatsConnector {
 impl Connector for NatsConnector {
     async fn run(self, cx: ConnectorContext) -> Result<(), ConnectorError> {
         let status = cx.status.clone();
-        let events = status.clone();
-        let client = ConnectOptions::new()
-            .name("herald")
-            .retry_on_initial_connect()
-            .reconnect_delay_callback(Backoff::delay)
-            .event_callback(move |event| {
-                let status = events.clone();
-                async move {
-                    match event {
-                        Event::Connected => status.set_health(Health::Connected),
-                        Event::Disconnected => status.lost("disconnected"),
-                        Event::SlowConsumer(_) => {
-                            status.rejected("slow_consumer");
-                            tracing::warn!(
-                                connector = status.name(),
-                                "herald reads NATS too slowly: the client dropped messages"
-                            );
-                        }
-                        other => tracing::info!(connector = status.name(), "nats: {other}"),
-                    }
-                }
-            })
-            .connect(self.config.url.as_str())
+        let client = connect(&self.config.url, status.clone())
             .await
             .map_err(|e| ConnectorError::Source {
                 what: format!("nats connect to {}", self.config.url),
-                source: Box::new(NatsError::Connect(e.to_string())),
+                source: Box::new(e),
             })?;
         let ingest = Ingest::new(
             cx.gateway.clone(),
@@ -219,6 +214,38 @@ impl Connector for NatsConnector {
             source: Box::new(e),
         })
     }
+}
+
+/// A client for `url` that connects (and reconnects) by itself, reporting into `status`.
+///
+/// # Errors
+/// [`NatsError::Connect`] when the URL or options are unusable; an unreachable server is
+/// not an error (the client keeps trying, and `status` says so).
+pub async fn connect(url: &str, status: Arc<ConnectorStatus>) -> Result<Client, NatsError> {
+    ConnectOptions::new()
+        .name("herald")
+        .retry_on_initial_connect()
+        .reconnect_delay_callback(Backoff::delay)
+        .event_callback(move |event| {
+            let status = status.clone();
+            async move {
+                match event {
+                    Event::Connected => status.set_health(Health::Connected),
+                    Event::Disconnected => status.lost("disconnected"),
+                    Event::SlowConsumer(_) => {
+                        status.rejected("slow_consumer");
+                        tracing::warn!(
+                            connector = status.name(),
+                            "herald reads NATS too slowly: the client dropped messages"
+                        );
+                    }
+                    other => tracing::info!(connector = status.name(), "nats: {other}"),
+                }
+            }
+        })
+        .connect(url)
+        .await
+        .map_err(|e| NatsError::Connect(e.to_string()))
 }
 
 /// Reconnect delays: exponential from 100 ms to 5 s, each cut to a random 50–100 %, so a fleet
