@@ -7,6 +7,7 @@
 
 mod client;
 mod floor;
+mod natsd;
 mod net;
 mod plot;
 mod publish;
@@ -24,6 +25,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use client::{Kind, Transport};
+use publish::Via;
 use scenario::deliver::{DeliverPlan, Shape};
 use scenario::{Common, Ctx, RunResult};
 use server::ServerOpts;
@@ -190,6 +192,17 @@ enum Cmd {
         #[command(flatten)]
         flow: Flow,
     },
+    /// Envelopes into one subscriber as fast as the server takes them, per path (HTTP,
+    /// NATS request, JetStream): ingest rate, publish-to-receipt latency, server CPU per envelope.
+    Ingest {
+        #[arg(long, value_delimiter = ',', default_value = "http,nats,jetstream")]
+        via: Vec<Via>,
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        /// Concurrent publishers (requests in flight).
+        #[arg(long, default_value_t = 8)]
+        publishers: usize,
+    },
     /// Server RSS per idle identified connection.
     Idle {
         #[arg(long, value_delimiter = ',', default_value = "10000")]
@@ -273,6 +286,7 @@ fn fanout_plan(subscribers: usize, events: u64, f: &Flow) -> DeliverPlan {
         publishers: f.publishers,
         max_inflight: one_channel_window(subscribers, f),
         payload: f.payload,
+        via: Via::Http,
     }
 }
 
@@ -296,6 +310,23 @@ fn plan(
             _ => f.max_inflight,
         },
         payload: f.payload,
+        via: Via::Http,
+    }
+}
+
+/// One subscriber, `publishers` requests in flight, single envelopes through `via`.
+fn ingest_plan(via: Via, events: u64, publishers: usize) -> DeliverPlan {
+    DeliverPlan {
+        scenario: via.ingest_scenario(),
+        shape: Shape::Fanout,
+        subscribers: 1,
+        events,
+        rate: None,
+        batch: 1,
+        publishers,
+        max_inflight: 2_000,
+        payload: 0,
+        via,
     }
 }
 
@@ -310,6 +341,7 @@ fn steady_plan(load: Steady) -> DeliverPlan {
         publishers: 1,
         max_inflight: u64::MAX / 4,
         payload: 0,
+        via: Via::Http,
     }
 }
 
@@ -345,6 +377,19 @@ fn jobs(cmd: &Cmd, transports: &[Transport]) -> Vec<(Job, Transport)> {
                 .collect()
         }),
         Cmd::Steady { load } => each(&|| vec![Job::Deliver(steady_plan(*load))]),
+        Cmd::Ingest {
+            via,
+            events,
+            publishers,
+        } => via
+            .iter()
+            .map(|&v| {
+                (
+                    Job::Deliver(ingest_plan(v, *events, *publishers)),
+                    Transport::Ws,
+                )
+            })
+            .collect(),
         Cmd::Channels {
             subscribers,
             events,
@@ -441,6 +486,9 @@ fn jobs(cmd: &Cmd, transports: &[Transport]) -> Vec<(Job, Transport)> {
                 ),
                 (Job::Deliver(fanout_plan(100, 200, &flow(1))), Longpoll),
                 (Job::Deliver(fanout_plan(100, 200, &flow(1))), Sse),
+                (Job::Deliver(ingest_plan(Via::Http, 2000, 4)), Ws),
+                (Job::Deliver(ingest_plan(Via::Nats, 2000, 4)), Ws),
+                (Job::Deliver(ingest_plan(Via::Jetstream, 2000, 4)), Ws),
                 (Job::Idle(200, Duration::from_millis(500)), Longpoll),
                 (Job::Idle(200, Duration::from_millis(500)), Sse),
                 (
@@ -484,6 +532,9 @@ fn jobs(cmd: &Cmd, transports: &[Transport]) -> Vec<(Job, Transport)> {
                 ),
                 (Job::Deliver(fanout_plan(1000, 2000, &flow(1))), Longpoll),
                 (Job::Deliver(fanout_plan(1000, 2000, &flow(1))), Sse),
+                (Job::Deliver(ingest_plan(Via::Http, 100_000, 8)), Ws),
+                (Job::Deliver(ingest_plan(Via::Nats, 100_000, 8)), Ws),
+                (Job::Deliver(ingest_plan(Via::Jetstream, 100_000, 8)), Ws),
                 (Job::Idle(1000, Duration::from_secs(2)), Longpoll),
                 (Job::Idle(1000, Duration::from_secs(2)), Sse),
                 (

@@ -17,6 +17,37 @@ pub enum PublishError {
     Status { status: u16, body: String },
     #[error("publish response: {0}")]
     Body(String),
+    #[error("nats: {0}")]
+    Nats(String),
+}
+
+/// The path envelopes take into the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// `POST /api/publish`.
+    Http,
+    /// A NATS request on `herald.publish` (Herald answers with the offsets).
+    Nats,
+    /// A JetStream publish on `herald.publish`, acknowledged by the stream.
+    Jetstream,
+}
+
+impl Via {
+    /// The scenario name of an ingest run over this path.
+    pub fn ingest_scenario(self) -> &'static str {
+        match self {
+            Via::Http => "ingest-http",
+            Via::Nats => "ingest-nats",
+            Via::Jetstream => "ingest-jetstream",
+        }
+    }
+}
+
+#[derive(Clone)]
+enum NatsPath {
+    Core(async_nats::Client),
+    JetStream(async_nats::jetstream::Context),
 }
 
 /// Who an event goes to.
@@ -113,6 +144,8 @@ pub struct Publisher {
     url: String,
     info_url: String,
     auth: Option<String>,
+    /// Set: envelopes go through NATS instead of `url`.
+    nats: Option<NatsPath>,
 }
 
 impl Publisher {
@@ -143,7 +176,32 @@ impl Publisher {
             url,
             info_url,
             auth,
+            nats: None,
         })
+    }
+
+    /// Publishes through the NATS server at `url` instead of HTTP; for JetStream, once the
+    /// server has made its stream.
+    pub async fn via_nats(mut self, via: Via, url: &str) -> Result<Self, PublishError> {
+        let client = async_nats::connect(url)
+            .await
+            .map_err(|e| PublishError::Nats(e.to_string()))?;
+        self.nats = match via {
+            Via::Http => None,
+            Via::Nats => Some(NatsPath::Core(client)),
+            Via::Jetstream => {
+                let js = async_nats::jetstream::new(client);
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while js.get_stream("HERALD").await.is_err() {
+                    if std::time::Instant::now() > deadline {
+                        return Err(PublishError::Nats("Herald never made its stream".into()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Some(NatsPath::JetStream(js))
+            }
+        };
+        Ok(self)
     }
 
     /// The server's info document (Herald's `/api/info`, the peer's `/info`).
@@ -161,6 +219,28 @@ impl Publisher {
         into: &mut Published,
     ) -> Result<usize, PublishError> {
         let b = body(targets, pad, crate::sys::now_us(), batch);
+        let nats_err = |e: &dyn std::fmt::Display| PublishError::Nats(e.to_string());
+        match &self.nats {
+            Some(NatsPath::Core(client)) => {
+                let reply = client
+                    .request("herald.publish", b.into())
+                    .await
+                    .map_err(|e| nats_err(&e))?;
+                let text = String::from_utf8_lossy(&reply.payload);
+                return record_offsets(&text, into);
+            }
+            // The stream's ack says it is stored, not what offset Herald gave it: the caller
+            // counts offsets 1..=N afterwards.
+            Some(NatsPath::JetStream(js)) => {
+                js.publish("herald.publish", b.into())
+                    .await
+                    .map_err(|e| nats_err(&e))?
+                    .await
+                    .map_err(|e| nats_err(&e))?;
+                return Ok(targets.len());
+            }
+            None => {}
+        }
         let req = self
             .http
             .post(&self.url)

@@ -42,6 +42,8 @@ pub struct ApiState {
 
 /// The router serving `/api/*`.
 pub fn routes(state: ApiState) -> Router {
+    // One Arc for the whole state: axum clones the state for every request.
+    let state = Arc::new(state);
     Router::new()
         .route("/api/publish", post(publish))
         .route("/api/channels", get(channels))
@@ -118,7 +120,11 @@ fn read_body(state: &ApiState, body: Result<Bytes, BytesRejection>) -> Result<By
     })
 }
 
-async fn require_api_key(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+async fn require_api_key(
+    State(state): State<Arc<ApiState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -146,7 +152,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn publish(
-    State(state): State<ApiState>,
+    State(state): State<Arc<ApiState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = read_body(&state, body)?;
@@ -168,12 +174,12 @@ fn field_error(e: FieldError) -> ApiError {
     ApiError::bad_request(&e.field, &e.message)
 }
 
-async fn channels(State(state): State<ApiState>) -> Response {
+async fn channels(State(state): State<Arc<ApiState>>) -> Response {
     Json(state.gateway.channels()).into_response()
 }
 
 async fn presence(
-    State(state): State<ApiState>,
+    State(state): State<Arc<ApiState>>,
     Path(channel): Path<String>,
 ) -> Result<Response, ApiError> {
     let channel = parse_channel(&channel)?;
@@ -181,7 +187,7 @@ async fn presence(
 }
 
 async fn history(
-    State(state): State<ApiState>,
+    State(state): State<Arc<ApiState>>,
     Path(channel): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
@@ -244,7 +250,7 @@ fn default_true() -> bool {
 }
 
 async fn disconnect(
-    State(state): State<ApiState>,
+    State(state): State<Arc<ApiState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body: DisconnectBody = parse_body(&read_body(&state, body)?)?;
@@ -259,7 +265,7 @@ async fn disconnect(
 }
 
 async fn unsubscribe(
-    State(state): State<ApiState>,
+    State(state): State<Arc<ApiState>>,
     Path(channel): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -277,7 +283,7 @@ async fn unsubscribe(
     Ok(Json(serde_json::json!({ "removed": n })).into_response())
 }
 
-async fn info(State(state): State<ApiState>) -> Response {
+async fn info(State(state): State<Arc<ApiState>>) -> Response {
     let connectors: serde_json::Map<String, serde_json::Value> = state
         .connectors
         .all()

@@ -160,6 +160,8 @@ impl Sessions {
 
 /// The router serving `/lp/*`.
 pub fn routes(state: LongPollState) -> Router {
+    // One Arc for the whole state: axum clones the state for every request.
+    let state = Arc::new(state);
     Router::new()
         .route("/lp/open", post(open))
         .route("/lp/send", post(send))
@@ -222,7 +224,7 @@ impl SidQuery {
     }
 }
 
-async fn open(State(state): State<LongPollState>) -> Result<Response, LpError> {
+async fn open(State(state): State<Arc<LongPollState>>) -> Result<Response, LpError> {
     let (session, outbox) = state
         .hub
         .open(PeerInfo {
@@ -247,7 +249,7 @@ async fn open(State(state): State<LongPollState>) -> Result<Response, LpError> {
 }
 
 async fn send(
-    State(state): State<LongPollState>,
+    State(state): State<Arc<LongPollState>>,
     Query(query): Query<SidQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, LpError> {
@@ -276,7 +278,7 @@ struct PollQuery {
 }
 
 async fn poll(
-    State(state): State<LongPollState>,
+    State(state): State<Arc<LongPollState>>,
     Query(query): Query<PollQuery>,
 ) -> Result<Response, LpError> {
     let (sid, session) = SidQuery { sid: query.sid }.session(&state)?;
@@ -334,7 +336,7 @@ fn frames_response(body: Bytes) -> Response {
 }
 
 async fn close(
-    State(state): State<LongPollState>,
+    State(state): State<Arc<LongPollState>>,
     Query(query): Query<SidQuery>,
 ) -> Result<Response, LpError> {
     let (sid, session) = query.session(&state)?;

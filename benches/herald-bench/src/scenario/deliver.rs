@@ -10,7 +10,10 @@ use serde_json::json;
 
 use super::swarm::{SubSpec, Swarm};
 use super::{with_server, Better, CpuWindow, Ctx, RunResult};
-use crate::publish::{Publisher, To};
+use crate::client::Kind;
+use crate::natsd::NatsServer;
+use crate::publish::{Publisher, To, Via};
+use crate::server::ServerOpts;
 use crate::stats::{Accounting, Percentiles, Published};
 use crate::sys::now_us;
 
@@ -40,6 +43,8 @@ pub struct DeliverPlan {
     pub max_inflight: u64,
     /// Padding bytes added to each payload.
     pub payload: usize,
+    /// How envelopes reach the server.
+    pub via: Via,
 }
 
 impl DeliverPlan {
@@ -73,7 +78,57 @@ impl DeliverPlan {
     }
 }
 
-pub async fn run(ctx: &Ctx, mut plan: DeliverPlan) -> RunResult {
+pub async fn run(ctx: &Ctx, plan: DeliverPlan) -> RunResult {
+    if plan.via == Via::Http {
+        return run_on(ctx, plan, None).await;
+    }
+    let label = ctx.label(plan.scenario, plan.subscribers);
+    let mut skipped = RunResult::new(plan.scenario, label, ctx.kind, json!({}));
+    if ctx.kind == Kind::SocketIo {
+        skipped.note("Socket.IO takes no events from NATS");
+        return skipped;
+    }
+    // Herald reads a NATS server of the run's own, configured through a file.
+    let nats = match NatsServer::start().await {
+        Ok(nats) => nats,
+        Err(e) => {
+            skipped.ok = false;
+            skipped.note(format!("nats-server did not start: {e}"));
+            return skipped;
+        }
+    };
+    let config = ctx
+        .servers
+        .log_dir
+        .join(format!("{}-nats.toml", plan.scenario));
+    let toml = format!(
+        "[nats]\nurl = \"{}\"\njetstream = {}\n",
+        nats.url(),
+        plan.via == Via::Jetstream
+    );
+    if let Err(e) =
+        std::fs::create_dir_all(&ctx.servers.log_dir).and_then(|()| std::fs::write(&config, toml))
+    {
+        skipped.ok = false;
+        skipped.note(format!("writing {}: {e}", config.display()));
+        return skipped;
+    }
+    let mut herald_args = ctx.servers.herald_args.clone();
+    herald_args.push(format!("--config={}", config.display()));
+    let ctx = Ctx {
+        kind: ctx.kind,
+        transport: ctx.transport,
+        servers: ServerOpts {
+            herald_args,
+            ..ctx.servers.clone()
+        },
+        common: ctx.common.clone(),
+    };
+    run_on(&ctx, plan, Some(&nats)).await
+}
+
+/// One delivery run; `nats` is the server envelopes go through when `plan.via` says so.
+async fn run_on(ctx: &Ctx, mut plan: DeliverPlan, nats: Option<&NatsServer>) -> RunResult {
     let label = ctx.label(plan.scenario, plan.subscribers);
     let mut notes = Vec::new();
     if plan.subscribers > ctx.max_connections() {
@@ -88,7 +143,7 @@ pub async fn run(ctx: &Ctx, mut plan: DeliverPlan) -> RunResult {
     let params = json!({
         "subscribers": plan.subscribers, "events": plan.events, "rate": plan.rate,
         "batch": plan.batch, "publishers": plan.publishers, "max_inflight": plan.max_inflight,
-        "payload_pad": plan.payload,
+        "payload_pad": plan.payload, "via": plan.via,
     });
     let mut base = RunResult::new(plan.scenario, label.clone(), ctx.kind, params);
     for n in notes {
@@ -125,6 +180,13 @@ pub async fn run(ctx: &Ctx, mut plan: DeliverPlan) -> RunResult {
         let conns = ready.ready.max(1) as f64;
 
         let publisher = match Publisher::new(ctx.kind, server.addr, &server.api_key) {
+            Ok(p) => match nats {
+                Some(nats) => p.via_nats(plan.via, &nats.url()).await,
+                None => Ok(p),
+            },
+            Err(e) => Err(e),
+        };
+        let publisher = match publisher {
             Ok(p) => p,
             Err(e) => {
                 r.ok = false;
@@ -138,9 +200,15 @@ pub async fn run(ctx: &Ctx, mut plan: DeliverPlan) -> RunResult {
         let t0 = now_us();
         let started = Instant::now();
         let plan = Arc::new(plan);
-        let (published, errors, first_err) =
+        let (mut published, errors, first_err) =
             publish_all(&plan, &publisher, &swarm, ctx.common.wait).await;
         let publish_s = started.elapsed().as_secs_f64();
+        if plan.via == Via::Jetstream {
+            // One channel, fresh: Herald numbers what the stream stored 1, 2, 3…
+            for offset in 1..=plan.events.saturating_sub(errors) {
+                published.add("bench", offset);
+            }
+        }
 
         // Wait for the last delivery: until all arrived, or nothing moved for a while.
         // One offset per event and target channel; if the server reported none, fall back on
@@ -177,6 +245,15 @@ pub async fn run(ctx: &Ctx, mut plan: DeliverPlan) -> RunResult {
         }
         let t_last = swarm.shared.last_delivery_us.load(Ordering::Relaxed);
         let polls = swarm.shared.polls.load(Ordering::Relaxed) - polls0;
+        if let Some(server_s) = cpu.used(server.pid).server_s {
+            // What one accepted envelope costs the server, delivery to its subscribers included.
+            r.fig(
+                "server_cpu_us_per_event",
+                server_s * 1e6 / published_events.max(1) as f64,
+                "µs",
+                Better::Lower,
+            );
+        }
         cpu.finish(&server, &mut r);
         let rss_after = server.rss_kib().unwrap_or(0);
         let disconnects = swarm.shared.disconnects.load(Ordering::Relaxed);
@@ -371,6 +448,7 @@ mod tests {
             publishers: 1,
             max_inflight: 100,
             payload: 0,
+            via: Via::Http,
         }
     }
 
