@@ -437,3 +437,80 @@ async fn jetstream_resumes_after_herald_restarts() {
     client.expect_nothing(Duration::from_millis(300)).await;
     second.stop().await;
 }
+
+/// Reads a `herald_connector_*_total` sample of the `nats` connector, 0 when absent.
+fn counter(metrics: &str, name: &str, reason: Option<&str>) -> u64 {
+    let labels = match reason {
+        Some(r) => format!("{{connector=\"nats\",reason=\"{r}\"}}"),
+        None => "{connector=\"nats\"}".to_owned(),
+    };
+    let prefix = format!("herald_connector_{name}_total{labels} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn jetstream_redelivers_what_herald_cannot_take_and_terminates_what_is_malformed() {
+    let nats = NatsServer::start().await;
+    // Room for `*`, `@reader` and `held`: an envelope to a fourth channel cannot be taken
+    // now (4503).
+    let config = config(
+        &nats,
+        "jetstream = true\nmax_deliver = 3\n",
+        "max_channels = 3\n",
+    );
+    let gw = start_with(&[], Some(&config)).await;
+    wait_readyz(&gw, 200).await;
+    let mut client = joined(&gw, "held").await;
+    let js = async_nats::jetstream::new(nats_client(&nats).await);
+    let publish = |body: &'static str| {
+        let js = js.clone();
+        async move {
+            for _ in 0..200 {
+                if let Ok(ack) = js.publish("herald.publish", body.into()).await {
+                    if ack.await.is_ok() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("the stream never took {body}");
+        }
+    };
+    publish(r#"{"event":"over","channels":["another"]}"#).await;
+    publish("{not json").await;
+    publish(r#"{"event":"fits","channels":["held"]}"#).await;
+    assert_eq!(
+        client.event().await["event"],
+        "fits",
+        "the others do not hold it up"
+    );
+
+    // Three deliveries a second apart, then it is given up, logged and counted.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let metrics = loop {
+        let metrics = gw.metrics().await;
+        if counter(&metrics, "rejected", Some("max_deliver")) == 1 {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "never given up:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        counter(&metrics, "rejected", Some("at_capacity")),
+        3,
+        "{metrics}"
+    );
+    assert_eq!(
+        counter(&metrics, "rejected", Some("invalid")),
+        1,
+        "malformed: once, not again"
+    );
+    assert_eq!(counter(&metrics, "received", None), 5, "{metrics}");
+    assert_eq!(counter(&metrics, "accepted", None), 1, "{metrics}");
+    client.expect_nothing(Duration::from_millis(300)).await;
+    gw.stop().await;
+}

@@ -199,8 +199,9 @@ enum Cmd {
         via: Vec<Via>,
         #[arg(long, default_value_t = 100_000)]
         events: u64,
-        /// Concurrent publishers (requests in flight).
-        #[arg(long, default_value_t = 8)]
+        /// Concurrent publishers (requests in flight). Below ~32, NATS request/reply is
+        /// bound by its round trip (it crosses the broker twice), not by the server.
+        #[arg(long, default_value_t = 64)]
         publishers: usize,
     },
     /// Server RSS per idle identified connection.
@@ -532,9 +533,9 @@ fn jobs(cmd: &Cmd, transports: &[Transport]) -> Vec<(Job, Transport)> {
                 ),
                 (Job::Deliver(fanout_plan(1000, 2000, &flow(1))), Longpoll),
                 (Job::Deliver(fanout_plan(1000, 2000, &flow(1))), Sse),
-                (Job::Deliver(ingest_plan(Via::Http, 100_000, 8)), Ws),
-                (Job::Deliver(ingest_plan(Via::Nats, 100_000, 8)), Ws),
-                (Job::Deliver(ingest_plan(Via::Jetstream, 100_000, 8)), Ws),
+                (Job::Deliver(ingest_plan(Via::Http, 100_000, 64)), Ws),
+                (Job::Deliver(ingest_plan(Via::Nats, 100_000, 64)), Ws),
+                (Job::Deliver(ingest_plan(Via::Jetstream, 100_000, 64)), Ws),
                 (Job::Idle(1000, Duration::from_secs(2)), Longpoll),
                 (Job::Idle(1000, Duration::from_secs(2)), Sse),
                 (
