@@ -93,6 +93,7 @@ mod tests {
         Published {
             id: id.into(),
             offsets: Default::default(),
+            duplicate: false,
         }
     }
 

@@ -98,7 +98,10 @@ impl Gateway for Hub {
         {
             Some(Claim::Seen(earlier)) => {
                 self.0.metrics.duplicates_suppressed.inc();
-                return Ok(earlier);
+                return Ok(Published {
+                    duplicate: true,
+                    ..earlier
+                });
             }
             Some(Claim::Full) => {
                 self.0.metrics.limit_hit("dedup_max_keys");
@@ -120,6 +123,7 @@ impl Gateway for Hub {
         let published = result.map(|offsets| Published {
             id: body.id.clone(),
             offsets,
+            duplicate: false,
         });
         if let Some(pending) = pending {
             pending.finish(published.as_ref().ok());

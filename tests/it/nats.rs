@@ -170,6 +170,12 @@ async fn core_subjects_publish_and_answer_like_http() {
         .await
         .unwrap();
     assert_eq!(client.event().await["event"], "fire");
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        counter(&metrics, "duplicates", None),
+        1,
+        "the repeated key:\n{metrics}"
+    );
     gw.stop().await;
 }
 

@@ -111,7 +111,8 @@ pub struct ConnectorCounts {
     pub received: u64,
     /// Envelopes the gateway accepted.
     pub accepted: u64,
-    /// Messages recognised as already accepted (a redelivery) and not published again.
+    /// Messages recognised as already accepted (a redelivery, a repeated `key`) and not
+    /// delivered again.
     pub duplicates: u64,
     /// Messages refused, by reason.
     pub rejected: BTreeMap<&'static str, u64>,
@@ -182,7 +183,7 @@ impl ConnectorStatus {
         self.accepted.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a redelivery recognised and not published again.
+    /// Counts a message recognised as already accepted (a redelivery, a repeated `key`).
     pub fn duplicate(&self) {
         self.duplicates.fetch_add(1, Ordering::Relaxed);
     }

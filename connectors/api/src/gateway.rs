@@ -16,6 +16,10 @@ pub struct Published {
     pub id: String,
     /// Offset the event got in each channel it was appended to.
     pub offsets: BTreeMap<String, u64>,
+    /// Answered from the idempotency window: an earlier publish with the same `key` was
+    /// delivered, this one was not. Publishers count it; the answer is the same either way.
+    #[serde(skip)]
+    pub duplicate: bool,
 }
 
 /// Why a publish was not accepted.

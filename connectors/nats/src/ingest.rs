@@ -10,7 +10,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use herald_connector_api::{
     ChannelName, CompactJson, ConnectorStatus, Envelope, EnvelopeBatch, FieldError, Gateway,
-    PublishError, PublishOutcome,
+    PublishError, PublishOutcome, Published,
 };
 use serde_json::value::RawValue;
 
@@ -119,7 +119,7 @@ impl Ingest {
             return invalid(&error);
         };
         let result = self.gateway.publish(envelope);
-        let verdict = self.verdict(result.as_ref().err());
+        let verdict = self.verdict(&result);
         Handled {
             answer: to_json(&PublishOutcome::from(result)),
             verdict,
@@ -137,7 +137,7 @@ impl Ingest {
                 // One item to retry makes the whole message come again (its accepted items
                 // are answered from the idempotency window when they carry a `key`); else one
                 // malformed item is reported, the rest stand.
-                match (self.verdict(result.as_ref().err()), verdict) {
+                match (self.verdict(&result), verdict) {
                     (retry @ Verdict::Retry(_), _) => verdict = retry,
                     (rejected @ Verdict::Rejected(_), Verdict::Accepted) => verdict = rejected,
                     _ => {}
@@ -151,15 +151,20 @@ impl Ingest {
         }
     }
 
-    fn verdict(&self, error: Option<&PublishError>) -> Verdict {
-        match error {
-            None => {
-                self.status.accepted();
+    /// Counts the outcome (a repeated `key` as a duplicate) and says what to tell the source.
+    fn verdict(&self, result: &Result<Published, PublishError>) -> Verdict {
+        match result {
+            Ok(published) => {
+                if published.duplicate {
+                    self.status.duplicate();
+                } else {
+                    self.status.accepted();
+                }
                 Verdict::Accepted
             }
-            Some(PublishError::Invalid(_)) => Verdict::Rejected("invalid"),
-            Some(PublishError::AtCapacity(_)) => Verdict::Retry("at_capacity"),
-            Some(PublishError::ShuttingDown) => Verdict::Retry("shutting_down"),
+            Err(PublishError::Invalid(_)) => Verdict::Rejected("invalid"),
+            Err(PublishError::AtCapacity(_)) => Verdict::Retry("at_capacity"),
+            Err(PublishError::ShuttingDown) => Verdict::Retry("shutting_down"),
         }
     }
 }
