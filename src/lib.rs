@@ -263,6 +263,8 @@ impl Prepared {
             tracker,
         } = self;
         let token = CancellationToken::new();
+        let (outbound, outbound_token) = (TaskTracker::new(), CancellationToken::new());
+        connectors::connect_backends(&config, &hub, &tracker, &outbound, &outbound_token).await?;
         // Connectors stop before the hub, so what they took is accepted and acknowledged
         // rather than refused with "shutting down" and delivered again.
         let (sources, sources_token) = (TaskTracker::new(), CancellationToken::new());
@@ -274,8 +276,6 @@ impl Prepared {
             &sources,
             &sources_token,
         );
-        let (outbound, outbound_token) = (TaskTracker::new(), CancellationToken::new());
-        connectors::connect_backends(&config, &hub, &tracker, &outbound, &outbound_token).await?;
         tracker.spawn(hub.clone().run_sweeper(token.child_token()));
         tracker.spawn(hub.clone().run_auth_deadlines(token.child_token()));
         tracker.spawn(longpoll.run_sweeper(token.child_token()));

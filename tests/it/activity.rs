@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use crate::support::nats::NatsServer;
-use crate::support::{start_with, Gateway};
+use crate::support::start_with;
 
 fn config(nats: &NatsServer, extra: &str) -> String {
     format!(
@@ -40,22 +40,12 @@ async fn next_activity(
     Some((message.subject.to_string(), body))
 }
 
-async fn wait_ready(gw: &Gateway) {
-    for _ in 0..400 {
-        if reqwest::get(gw.url("/readyz")).await.unwrap().status() == 200 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("never ready");
-}
-
 #[tokio::test]
 async fn every_kind_of_activity_is_published() {
     let nats = NatsServer::start().await;
     let mut events = events(&nats).await;
     let gw = start_with(&[], Some(&config(&nats, ""))).await;
-    wait_ready(&gw).await;
+    gw.wait_readyz(200).await;
 
     let mut client = gw.client("auth0|alice").await;
     let ok = |r: Value| assert_eq!(r["ok"], true, "{r}");
@@ -100,7 +90,7 @@ async fn a_quick_reconnect_is_reported_once() {
     let nats = NatsServer::start().await;
     let mut events = events(&nats).await;
     let gw = start_with(&[], Some(&config(&nats, "events_debounce = \"700ms\"\n"))).await;
-    wait_ready(&gw).await;
+    gw.wait_readyz(200).await;
 
     let first = gw.client("bob").await;
     first.close().await;
@@ -130,7 +120,7 @@ async fn fan_out_does_not_wait_when_nats_cannot_take_activity() {
     const PUBLISHES: usize = 5_000;
     let mut nats = NatsServer::start().await;
     let gw = start_with(&[], Some(&config(&nats, "events_queue = 16\n"))).await;
-    wait_ready(&gw).await;
+    gw.wait_readyz(200).await;
     let mut reader = gw.client("reader").await;
     assert_eq!(
         reader

@@ -21,25 +21,6 @@ fn config(nats: &NatsServer, nats_extra: &str, top: &str) -> String {
     )
 }
 
-async fn readyz(gw: &Gateway) -> (u16, Value) {
-    let response = reqwest::get(gw.url("/readyz")).await.expect("readyz");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-/// Waits until `/readyz` answers `want`; panics with the last answer after 20 s.
-async fn wait_readyz(gw: &Gateway, want: u16) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, body) = readyz(gw).await;
-        if status == want {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "readyz stayed {status}: {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn nats_client(nats: &NatsServer) -> async_nats::Client {
     async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
@@ -105,7 +86,7 @@ async fn joined(gw: &Gateway, channel: &str) -> Client {
 async fn core_subjects_publish_and_answer_like_http() {
     let nats = NatsServer::start().await;
     let gw = start_with(&[], Some(&config(&nats, "", ""))).await;
-    wait_readyz(&gw, 200).await;
+    gw.wait_readyz(200).await;
     let mut client = joined(&gw, "chat").await;
     let backend = nats_client(&nats).await;
 
@@ -183,7 +164,7 @@ async fn core_subjects_publish_and_answer_like_http() {
 async fn malformed_nats_input_is_refused_counted_and_herald_keeps_serving() {
     let nats = NatsServer::start().await;
     let gw = start_with(&[], Some(&config(&nats, "", ""))).await;
-    wait_readyz(&gw, 200).await;
+    gw.wait_readyz(200).await;
     let mut client = joined(&gw, "chat").await;
     let backend = nats_client(&nats).await;
 
@@ -258,11 +239,11 @@ async fn malformed_nats_input_is_refused_counted_and_herald_keeps_serving() {
 async fn readyz_names_nats_while_it_is_down_and_the_rest_keeps_working() {
     let mut nats = NatsServer::start().await;
     let gw = start_with(&[], Some(&config(&nats, "", ""))).await;
-    wait_readyz(&gw, 200).await;
+    gw.wait_readyz(200).await;
     let mut client = joined(&gw, "chat").await;
 
     nats.kill();
-    let body = wait_readyz(&gw, 503).await;
+    let body = gw.wait_readyz(503).await;
     let failing = body["failing"].to_string();
     assert!(failing.contains("nats: reconnecting since"), "{body}");
     let (_, info) = gw.get("/api/info").await;
@@ -279,7 +260,7 @@ async fn readyz_names_nats_while_it_is_down_and_the_rest_keeps_working() {
     assert_eq!(client.event().await["event"], "http");
 
     nats.restart().await;
-    wait_readyz(&gw, 200).await;
+    gw.wait_readyz(200).await;
     let backend = nats_client(&nats).await;
     let answer = request(
         &backend,
@@ -384,7 +365,7 @@ async fn jetstream_loses_nothing_across_two_broker_kills() {
     const TOTAL: usize = 100_000;
     let mut nats = NatsServer::start().await;
     let gw = start_with(&[], Some(&config(&nats, "jetstream = true\n", ""))).await;
-    wait_readyz(&gw, 200).await;
+    gw.wait_readyz(200).await;
     let mut client = joined(&gw, "jsk").await;
     let reader = tokio::spawn(async move { collect(&mut client, TOTAL).await });
 
@@ -416,7 +397,7 @@ async fn jetstream_resumes_after_herald_restarts() {
     let config = config(&nats, &format!("jetstream = true\n{rules}"), "");
 
     let first = start_with(&[], Some(&config)).await;
-    wait_readyz(&first, 200).await;
+    first.wait_readyz(200).await;
     let mut client = joined(&first, "jr").await;
     publish_jetstream(&mut nats, "jr", 0..BEFORE, &[]).await;
     let seen = collect(&mut client, BEFORE).await;
@@ -427,7 +408,7 @@ async fn jetstream_resumes_after_herald_restarts() {
     publish_jetstream(&mut nats, "jr", BEFORE..BEFORE + WAITING, &[]).await;
 
     let second = start_with(&[], Some(&config)).await;
-    wait_readyz(&second, 200).await;
+    second.wait_readyz(200).await;
     let mut client = second.client("reader").await;
     let reply = client
         .request(json!({"op": "join", "channel": "jr", "since": {"offset": 0}}))
@@ -469,7 +450,7 @@ async fn jetstream_redelivers_what_herald_cannot_take_and_terminates_what_is_mal
         "max_channels = 3\n",
     );
     let gw = start_with(&[], Some(&config)).await;
-    wait_readyz(&gw, 200).await;
+    gw.wait_readyz(200).await;
     let mut client = joined(&gw, "held").await;
     let js = async_nats::jetstream::new(nats_client(&nats).await);
     let publish = |body: &'static str| {

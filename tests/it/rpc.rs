@@ -54,17 +54,6 @@ async fn responder(nats: &NatsServer) -> async_nats::Client {
     panic!("the responders never answered");
 }
 
-async fn wait_ready(gw: &Gateway) {
-    for _ in 0..400 {
-        let response = reqwest::get(gw.url("/readyz")).await.unwrap();
-        if response.status() == 200 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("never ready");
-}
-
 /// The calls every backend must answer the same way.
 async fn common_calls(gw: &Gateway, client: &mut Client) {
     let reply = client
@@ -124,7 +113,7 @@ async fn rpc_over_nats() {
         nats.url()
     );
     let gw = start_with(&[], Some(&config)).await;
-    wait_ready(&gw).await;
+    gw.wait_readyz(200).await;
     let _backend = responder(&nats).await;
     let mut client = gw.client("alice").await;
     common_calls(&gw, &mut client).await;

@@ -184,6 +184,30 @@ impl Gateway {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Waits until `/readyz` answers `status` (200 once the connectors are up, 503 while
+    /// one is down) and returns its body; panics with the last answer after 20 s.
+    pub async fn wait_readyz(&self, status: u16) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let response = self
+                .http
+                .get(self.url("/readyz"))
+                .send()
+                .await
+                .expect("readyz");
+            let got = response.status().as_u16();
+            let body = response.json().await.unwrap_or(Value::Null);
+            if got == status {
+                return body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "readyz stayed {got}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
         let response = self
