@@ -11,6 +11,7 @@
 //! - [`envelope`]: the one publish envelope every backend path sends.
 //! - [`field`]: JSON parsing whose errors name the offending field.
 //! - [`gateway`]: what publishers and the admin API may ask of the core.
+//! - [`ingest`]: a message body to the gateway, the answer, and the ack/drop/retry verdict.
 //! - [`session`]: the transport seam: one client connection, its inbound frames and its outbox.
 //! - [`queue`]: the outbox: a bounded, lazily allocated frame queue, then the disconnect.
 //! - [`connector`]: the trait inbound sources implement, and their context.
@@ -23,6 +24,7 @@ pub mod connector;
 pub mod envelope;
 pub mod field;
 pub mod gateway;
+pub mod ingest;
 pub mod queue;
 pub mod session;
 
@@ -41,6 +43,7 @@ pub use gateway::{
     AtCapacity, ChannelSummary, Gateway, GatewayInfo, HistoryError, HistoryPage, Member,
     PublishError, PublishOutcome, Published, Since, Target,
 };
+pub use ingest::{Handled, Ingest, Verdict};
 pub use queue::{
     outbox, BacklogRoom, EventMeta, FrameSender, OutFrame, Outbox, OutboxLimits, QueueError,
     Received,

@@ -6,13 +6,13 @@ use async_nats::Client;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::ingest::Ingest;
+use crate::ingest::Subjects;
 use crate::NatsError;
 
 /// Consumes `<prefix>.publish` and `<prefix>.channel.>` until `shutdown`.
 pub async fn run(
     client: &Client,
-    ingest: &Ingest,
+    ingest: &Subjects,
     shutdown: &CancellationToken,
 ) -> Result<(), NatsError> {
     let publish = client

@@ -7,11 +7,7 @@
 //!   present, is the idempotency key.
 
 use async_nats::HeaderMap;
-use bytes::Bytes;
-use herald_connector_api::{
-    ChannelName, CompactJson, ConnectorStatus, Envelope, EnvelopeBatch, FieldError, Gateway,
-    PublishError, PublishOutcome, Published,
-};
+use herald_connector_api::{ChannelName, CompactJson, Envelope, FieldError, Handled, Ingest};
 use serde_json::value::RawValue;
 
 /// Header naming the event of a message on a channel subject.
@@ -19,49 +15,20 @@ pub const EVENT_HEADER: &str = "Herald-Event";
 /// Header carrying the idempotency key of a message on a channel subject.
 pub const KEY_HEADER: &str = "Herald-Key";
 
-/// What became of one message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Every envelope in it was accepted: acknowledge.
-    Accepted,
-    /// It can never be accepted (malformed, too large): acknowledge it away, counted.
-    Rejected(&'static str),
-    /// The gateway could not take it now (at capacity, shutting down): deliver it again.
-    Retry(&'static str),
-}
-
-/// The answer for a request's reply subject, and the verdict for the source.
-#[derive(Debug)]
-pub struct Handled {
-    /// JSON, as `POST /api/publish` would answer.
-    pub answer: Bytes,
-    /// What to tell the source.
-    pub verdict: Verdict,
-}
-
-/// Turns NATS messages into publishes.
-pub struct Ingest {
-    gateway: std::sync::Arc<dyn Gateway>,
-    status: std::sync::Arc<ConnectorStatus>,
+/// Routes NATS messages by subject to the shared [`Ingest`].
+pub struct Subjects {
+    ingest: Ingest,
     publish_subject: String,
     channel_prefix: String,
-    max_body_size: usize,
 }
 
-impl Ingest {
-    /// Publishes through `gateway` what arrives under `prefix`, counting into `status`.
-    pub fn new(
-        gateway: std::sync::Arc<dyn Gateway>,
-        status: std::sync::Arc<ConnectorStatus>,
-        prefix: &str,
-        max_body_size: usize,
-    ) -> Self {
+impl Subjects {
+    /// Subjects under `prefix`, published through `ingest`.
+    pub fn new(ingest: Ingest, prefix: &str) -> Self {
         Self {
-            gateway,
-            status,
+            ingest,
             publish_subject: format!("{prefix}.publish"),
             channel_prefix: format!("{prefix}.channel."),
-            max_body_size,
         }
     }
 
@@ -77,95 +44,20 @@ impl Ingest {
 
     /// Handles one message and counts it.
     pub fn handle(&self, subject: &str, headers: Option<&HeaderMap>, body: &[u8]) -> Handled {
-        self.status.received(1);
-        let handled = self.publish(subject, headers, body);
-        match handled.verdict {
-            Verdict::Accepted => {}
-            Verdict::Rejected(reason) | Verdict::Retry(reason) => {
-                self.status.rejected(reason);
-                tracing::warn!(
-                    connector = self.status.name(),
-                    subject,
-                    reason,
-                    answer = %String::from_utf8_lossy(&handled.answer),
-                    "message not accepted"
-                );
-            }
-        }
-        handled
-    }
-
-    fn publish(&self, subject: &str, headers: Option<&HeaderMap>, body: &[u8]) -> Handled {
-        if body.len() > self.max_body_size {
-            let error = format!(
-                "body: larger than max_body_size ({} bytes)",
-                self.max_body_size
-            );
-            return refused(4009, &error, Verdict::Rejected("too_large"));
-        }
-        let envelope = if subject == self.publish_subject {
-            match Envelope::batch_from_json(body) {
-                Ok(EnvelopeBatch::One(envelope)) => envelope,
-                Ok(EnvelopeBatch::Many(items)) => return self.publish_batch(items),
-                Err(e) => return invalid(&e),
-            }
-        } else if let Some(channel) = subject.strip_prefix(&self.channel_prefix) {
-            match channel_envelope(channel, headers, body) {
-                Ok(envelope) => envelope,
-                Err(e) => return invalid(&e),
-            }
-        } else {
-            let error = FieldError::new("subject", format!("{subject} is not a Herald subject"));
-            return invalid(&error);
-        };
-        let result = self.gateway.publish(envelope);
-        let verdict = self.verdict(&result);
-        Handled {
-            answer: to_json(&PublishOutcome::from(result)),
-            verdict,
-        }
-    }
-
-    fn publish_batch(&self, items: Vec<Result<Envelope, FieldError>>) -> Handled {
-        let mut verdict = Verdict::Accepted;
-        let outcomes: Vec<PublishOutcome> = items
-            .into_iter()
-            .map(|item| {
-                let result = item
-                    .map_err(PublishError::from)
-                    .and_then(|e| self.gateway.publish(e));
-                // One item to retry makes the whole message come again (its accepted items
-                // are answered from the idempotency window when they carry a `key`); else one
-                // malformed item is reported, the rest stand.
-                match (self.verdict(&result), verdict) {
-                    (retry @ Verdict::Retry(_), _) => verdict = retry,
-                    (rejected @ Verdict::Rejected(_), Verdict::Accepted) => verdict = rejected,
-                    _ => {}
+        self.ingest.handle(subject, body, |ingest, body| {
+            if subject == self.publish_subject {
+                ingest.publish_body(body)
+            } else if let Some(channel) = subject.strip_prefix(&self.channel_prefix) {
+                match channel_envelope(channel, headers, body) {
+                    Ok(envelope) => ingest.publish(envelope),
+                    Err(e) => Handled::invalid(&e),
                 }
-                PublishOutcome::from(result)
-            })
-            .collect();
-        Handled {
-            answer: to_json(&outcomes),
-            verdict,
-        }
-    }
-
-    /// Counts the outcome (a repeated `key` as a duplicate) and says what to tell the source.
-    fn verdict(&self, result: &Result<Published, PublishError>) -> Verdict {
-        match result {
-            Ok(published) => {
-                if published.duplicate {
-                    self.status.duplicate();
-                } else {
-                    self.status.accepted();
-                }
-                Verdict::Accepted
+            } else {
+                let error =
+                    FieldError::new("subject", format!("{subject} is not a Herald subject"));
+                Handled::invalid(&error)
             }
-            Err(PublishError::Invalid(_)) => Verdict::Rejected("invalid"),
-            Err(PublishError::AtCapacity(_)) => Verdict::Retry("at_capacity"),
-            Err(PublishError::ShuttingDown) => Verdict::Retry("shutting_down"),
-        }
+        })
     }
 }
 
@@ -212,23 +104,6 @@ fn raw_data(body: &[u8]) -> Result<CompactJson, FieldError> {
     RawValue::from_string(quoted)
         .map(CompactJson::new)
         .map_err(|e| FieldError::new("data", e.to_string()))
-}
-
-fn invalid(error: &FieldError) -> Handled {
-    let message = format!("{}: {}", error.field, error.message);
-    refused(4000, &message, Verdict::Rejected("invalid"))
-}
-
-fn refused(code: u16, error: &str, verdict: Verdict) -> Handled {
-    Handled {
-        answer: to_json(&serde_json::json!({"code": code, "error": error})),
-        verdict,
-    }
-}
-
-fn to_json(value: &impl serde::Serialize) -> Bytes {
-    // Serializing these plain types cannot fail.
-    serde_json::to_vec(value).unwrap_or_default().into()
 }
 
 #[cfg(test)]

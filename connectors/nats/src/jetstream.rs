@@ -20,7 +20,9 @@ use futures_util::StreamExt;
 use herald_connector_api::ConnectorStatus;
 use tokio_util::sync::CancellationToken;
 
-use crate::ingest::{Ingest, Verdict};
+use herald_connector_api::Verdict;
+
+use crate::ingest::Subjects;
 use crate::{Backoff, NatsConfig, NatsError, Retention};
 
 /// Stream sequences of recently accepted messages remembered for recognising redeliveries.
@@ -33,7 +35,7 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 pub async fn run(
     client: &Client,
     config: &NatsConfig,
-    ingest: &Ingest,
+    ingest: &Subjects,
     status: &ConnectorStatus,
     shutdown: &CancellationToken,
 ) {
@@ -77,7 +79,7 @@ pub async fn run(
 async fn consumer(
     context: &jetstream::Context,
     config: &NatsConfig,
-    ingest: &Ingest,
+    ingest: &Subjects,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, NatsError> {
     let stream = context
         .get_or_create_stream(stream::Config {
@@ -119,7 +121,7 @@ async fn consumer(
 async fn handle(
     message: &Message,
     config: &NatsConfig,
-    ingest: &Ingest,
+    ingest: &Subjects,
     status: &ConnectorStatus,
     accepted: &mut Recent,
 ) {

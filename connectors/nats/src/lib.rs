@@ -26,11 +26,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions, Event};
-use herald_connector_api::{Connector, ConnectorContext, ConnectorError, ConnectorStatus, Health};
+use herald_connector_api::{
+    Connector, ConnectorContext, ConnectorError, ConnectorStatus, Health, Ingest,
+};
 use rand::Rng;
 use serde::Deserialize;
 
-use ingest::Ingest;
+use ingest::Subjects;
 
 /// How long shutdown waits for acknowledgements and replies to reach the broker.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -188,11 +190,9 @@ impl Connector for NatsConnector {
                 what: format!("nats connect to {}", self.config.url),
                 source: Box::new(e),
             })?;
-        let ingest = Ingest::new(
-            cx.gateway.clone(),
-            status.clone(),
+        let ingest = Subjects::new(
+            Ingest::new(cx.gateway.clone(), status.clone(), self.max_body_size),
             &self.config.prefix,
-            self.max_body_size,
         );
         let result = if self.config.jetstream {
             jetstream::run(&client, &self.config, &ingest, &status, &cx.shutdown).await;
