@@ -253,6 +253,9 @@ struct FileConfig {
     #[cfg(not(feature = "nats"))]
     nats: Option<toml::Table>,
     rpc: Option<herald_connector_rpc::RpcConfig>,
+    #[cfg(feature = "amqp")]
+    amqp: Option<herald_connector_amqp::AmqpConfig>,
+    #[cfg(not(feature = "amqp"))]
     amqp: Option<toml::Table>,
     file_tail: Option<Vec<toml::Table>>,
     cluster: Option<toml::Table>,
@@ -382,6 +385,9 @@ pub struct Config {
     /// The NATS connector's `[nats]` section; `None`: not connected to NATS.
     #[cfg(feature = "nats")]
     pub nats: Option<herald_connector_nats::NatsConfig>,
+    /// The RabbitMQ connector's `[amqp]` section; `None`: not connected to RabbitMQ.
+    #[cfg(feature = "amqp")]
+    pub amqp: Option<herald_connector_amqp::AmqpConfig>,
     /// The `[rpc]` section; `None`: clients' `rpc` gets 4500.
     pub rpc: Option<herald_connector_rpc::RpcConfig>,
     /// Most open connections.
@@ -620,6 +626,10 @@ impl Config {
         for (key, problem) in file.rpc.iter().flat_map(|r| r.problems()) {
             p.add(key, problem);
         }
+        #[cfg(feature = "amqp")]
+        for (key, problem) in file.amqp.iter().flat_map(|a| a.problems()) {
+            p.add(key, problem);
+        }
         if cfg!(not(feature = "nats"))
             && file
                 .rpc
@@ -633,7 +643,7 @@ impl Config {
         }
         let inactive_sections = [
             ("nats", cfg!(not(feature = "nats")) && file.nats.is_some()),
-            ("amqp", file.amqp.is_some()),
+            ("amqp", cfg!(not(feature = "amqp")) && file.amqp.is_some()),
             ("file_tail", file.file_tail.is_some()),
             ("cluster", file.cluster.is_some()),
         ]
@@ -742,6 +752,8 @@ impl Config {
             #[cfg(feature = "nats")]
             nats: file.nats,
             rpc: file.rpc,
+            #[cfg(feature = "amqp")]
+            amqp: file.amqp,
             node: cli.node.or(file.node),
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             inactive_sections,

@@ -136,11 +136,17 @@ pub fn start(
             herald_connector_nats::NatsConnector::new(nats.clone(), config.max_body_size);
         spawn("nats", connector, gateway, set, tracker, shutdown);
     }
+    #[cfg(feature = "amqp")]
+    if let Some(amqp) = &config.amqp {
+        let connector =
+            herald_connector_amqp::AmqpConnector::new(amqp.clone(), config.max_body_size);
+        spawn("amqp", connector, gateway, set, tracker, shutdown);
+    }
     // Without a connector feature nothing reads these.
     let _ = (config, gateway, set, tracker, shutdown);
 }
 
-#[cfg_attr(not(feature = "nats"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "nats", feature = "amqp")), allow(dead_code))]
 fn spawn(
     name: &str,
     connector: impl Connector,

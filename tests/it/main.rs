@@ -3,6 +3,7 @@
 mod support;
 
 mod activity;
+mod amqp;
 mod bounds;
 mod cors;
 mod framing;

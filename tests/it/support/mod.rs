@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod amqp;
 pub mod client;
 pub mod longpoll;
 pub mod nats;
