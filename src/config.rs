@@ -257,7 +257,8 @@ struct FileConfig {
     amqp: Option<herald_connector_amqp::AmqpConfig>,
     #[cfg(not(feature = "amqp"))]
     amqp: Option<toml::Table>,
-    file_tail: Option<Vec<toml::Table>>,
+    #[serde(default)]
+    file_tail: Vec<herald_connector_filetail::FileTailConfig>,
     cluster: Option<toml::Table>,
 }
 
@@ -388,6 +389,8 @@ pub struct Config {
     /// The RabbitMQ connector's `[amqp]` section; `None`: not connected to RabbitMQ.
     #[cfg(feature = "amqp")]
     pub amqp: Option<herald_connector_amqp::AmqpConfig>,
+    /// The `[[file_tail]]` entries: files followed line by line.
+    pub file_tail: Vec<herald_connector_filetail::FileTailConfig>,
     /// The `[rpc]` section; `None`: clients' `rpc` gets 4500.
     pub rpc: Option<herald_connector_rpc::RpcConfig>,
     /// Most open connections.
@@ -630,6 +633,11 @@ impl Config {
         for (key, problem) in file.amqp.iter().flat_map(|a| a.problems()) {
             p.add(key, problem);
         }
+        for (i, tail) in file.file_tail.iter().enumerate() {
+            for (key, problem) in tail.problems(i) {
+                p.add(key, problem);
+            }
+        }
         if cfg!(not(feature = "nats"))
             && file
                 .rpc
@@ -644,7 +652,6 @@ impl Config {
         let inactive_sections = [
             ("nats", cfg!(not(feature = "nats")) && file.nats.is_some()),
             ("amqp", cfg!(not(feature = "amqp")) && file.amqp.is_some()),
-            ("file_tail", file.file_tail.is_some()),
             ("cluster", file.cluster.is_some()),
         ]
         .into_iter()
@@ -752,6 +759,7 @@ impl Config {
             #[cfg(feature = "nats")]
             nats: file.nats,
             rpc: file.rpc,
+            file_tail: file.file_tail,
             #[cfg(feature = "amqp")]
             amqp: file.amqp,
             node: cli.node.or(file.node),

@@ -142,11 +142,14 @@ pub fn start(
             herald_connector_amqp::AmqpConnector::new(amqp.clone(), config.max_body_size);
         spawn("amqp", connector, gateway, set, tracker, shutdown);
     }
-    // Without a connector feature nothing reads these.
-    let _ = (config, gateway, set, tracker, shutdown);
+    for tail in &config.file_tail {
+        let name = format!("file_tail:{}", tail.path.display());
+        let connector =
+            herald_connector_filetail::FileTailConnector::new(tail.clone(), config.max_body_size);
+        spawn(&name, connector, gateway, set, tracker, shutdown);
+    }
 }
 
-#[cfg_attr(not(any(feature = "nats", feature = "amqp")), allow(dead_code))]
 fn spawn(
     name: &str,
     connector: impl Connector,

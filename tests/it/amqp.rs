@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
@@ -17,7 +17,7 @@ use lapin::{BasicProperties, ExchangeKind};
 use serde_json::{json, Value};
 
 use crate::support::amqp::Rabbit;
-use crate::support::{start_with, Client, Gateway};
+use crate::support::{collect, start_with, tally, wait_for, Client, Gateway};
 
 async fn joined(gw: &Gateway, channel: &str) -> Client {
     let mut client = gw.client("reader").await;
@@ -182,38 +182,6 @@ async fn amqp_envelopes_replies_and_malformed_messages() {
     rabbit.clean_up().await;
 }
 
-/// Reads events into `seen` until `want` arrived in total or 20 s pass without one.
-async fn collect(
-    client: &mut Client,
-    seen: &Arc<std::sync::Mutex<Vec<u64>>>,
-    count: &AtomicUsize,
-    want: usize,
-) {
-    while count.load(Ordering::Relaxed) < want {
-        match client.try_next(Duration::from_secs(20)).await {
-            Some(frame) if frame["op"] == "event" => {
-                let n = frame["data"]["n"].as_u64().expect("n");
-                seen.lock().unwrap().push(n);
-                count.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(_) => {}
-            None => break,
-        }
-    }
-}
-
-async fn wait_for(count: &AtomicUsize, at_least: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while count.load(Ordering::Relaxed) < at_least {
-        assert!(
-            Instant::now() < deadline,
-            "stuck at {}",
-            count.load(Ordering::Relaxed)
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_loses_nothing_across_forced_closes_and_a_herald_restart() {
     const TOTAL: usize = 100_000;
@@ -232,7 +200,7 @@ async fn amqp_loses_nothing_across_forced_closes_and_a_herald_restart() {
     let reader = {
         let (seen, count) = (seen.clone(), count.clone());
         tokio::spawn(async move {
-            collect(&mut client, &seen, &count, TOTAL).await;
+            collect(&mut client, &seen, &count, TOTAL, |data| data["n"].as_u64()).await;
             client
         })
     };
@@ -287,27 +255,22 @@ async fn amqp_loses_nothing_across_forced_closes_and_a_herald_restart() {
         .request(json!({"op": "join", "channel": "q", "since": {"offset": 0}}))
         .await;
     assert_eq!(reply["ok"], true, "{reply}");
-    collect(&mut client, &seen, &count, TOTAL).await;
+    collect(&mut client, &seen, &count, TOTAL, |data| data["n"].as_u64()).await;
     publisher.await.unwrap();
     client.expect_nothing(Duration::from_millis(300)).await;
 
     let seen = seen.lock().unwrap().clone();
-    let unique: std::collections::BTreeSet<u64> = seen.iter().copied().collect();
-    let lost = TOTAL - unique.len();
-    let duplicated = seen.len() - unique.len();
-    let out_of_order = seen.windows(2).filter(|w| w[1] <= w[0]).count();
     let recognised = recognised + counter(&second.metrics().await, "duplicates", None);
-    println!(
-        "amqp: sent {TOTAL}, received {}, lost {lost}, duplicated {duplicated}, out of order {out_of_order}; \
-         connections force-closed {closes}, Herald restarts 1 (after {before_restart}); \
-         redeliveries recognised and not delivered again {recognised}",
-        seen.len()
+    let faults = format!(
+        "connections force-closed {closes}, Herald restarts 1 (after {before_restart}); \
+         redeliveries recognised and not delivered again {recognised}"
     );
+    let verdict = tally("amqp", TOTAL, &seen, &faults);
     assert!(
         closes >= 2,
         "Herald's connections were found and closed: {closes}"
     );
-    assert_eq!((lost, duplicated, out_of_order), (0, 0, 0));
+    assert_eq!(verdict, (0, 0, 0), "lost, duplicated, out of order");
     second.stop().await;
     rabbit.clean_up().await;
 }

@@ -6,6 +6,7 @@ mod activity;
 mod amqp;
 mod bounds;
 mod cors;
+mod filetail;
 mod framing;
 mod http_api;
 mod longpoll;

@@ -242,3 +242,57 @@ impl Drop for Gateway {
         }
     }
 }
+
+/// Reads events on `client` into `seen` (the number `n_of` finds in each event's `data`)
+/// until `count` reaches `want` or 20 s pass without an event.
+pub async fn collect(
+    client: &mut Client,
+    seen: &std::sync::Mutex<Vec<u64>>,
+    count: &std::sync::atomic::AtomicUsize,
+    want: usize,
+    n_of: impl Fn(&Value) -> Option<u64>,
+) {
+    use std::sync::atomic::Ordering;
+    while count.load(Ordering::Relaxed) < want {
+        match client.try_next(Duration::from_secs(20)).await {
+            Some(frame) if frame["op"] == "event" => {
+                let n = n_of(&frame["data"]).expect("a numbered event");
+                seen.lock().unwrap().push(n);
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+}
+
+/// Waits until `count` reaches `at_least`; panics after 60 s.
+pub async fn wait_for(count: &std::sync::atomic::AtomicUsize, at_least: usize) {
+    use std::sync::atomic::Ordering;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while count.load(Ordering::Relaxed) < at_least {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stuck at {}",
+            count.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Lost, duplicated and out-of-order among `seen`, against `0..total`; printed with `what`.
+pub fn tally(what: &str, total: usize, seen: &[u64], faults: &str) -> (usize, usize, usize) {
+    let unique: std::collections::BTreeSet<u64> = seen.iter().copied().collect();
+    let missing: Vec<u64> = (0..total as u64).filter(|n| !unique.contains(n)).collect();
+    let lost = missing.len();
+    if let (Some(first), Some(last)) = (missing.first(), missing.last()) {
+        println!("{what}: missing {lost}, from {first} to {last}");
+    }
+    let duplicated = seen.len() - unique.len();
+    let out_of_order = seen.windows(2).filter(|w| w[1] <= w[0]).count();
+    println!(
+        "{what}: sent {total}, received {}, lost {lost}, duplicated {duplicated}, out of order {out_of_order}; {faults}",
+        seen.len()
+    );
+    (lost, duplicated, out_of_order)
+}
