@@ -195,7 +195,11 @@ enum Cmd {
     /// Envelopes into one subscriber as fast as the server takes them, per path (HTTP,
     /// NATS request, JetStream): ingest rate, publish-to-receipt latency, server CPU per envelope.
     Ingest {
-        #[arg(long, value_delimiter = ',', default_value = "http,nats,jetstream")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "http,nats,jetstream,amqp,file"
+        )]
         via: Vec<Via>,
         #[arg(long, default_value_t = 100_000)]
         events: u64,
@@ -325,7 +329,7 @@ fn ingest_plan(via: Via, events: u64, publishers: usize) -> DeliverPlan {
         rate: None,
         batch: 1,
         publishers,
-        max_inflight: 2_000,
+        max_inflight: 512,
         payload: 0,
         via,
     }
@@ -490,6 +494,8 @@ fn jobs(cmd: &Cmd, transports: &[Transport]) -> Vec<(Job, Transport)> {
                 (Job::Deliver(ingest_plan(Via::Http, 2000, 4)), Ws),
                 (Job::Deliver(ingest_plan(Via::Nats, 2000, 4)), Ws),
                 (Job::Deliver(ingest_plan(Via::Jetstream, 2000, 4)), Ws),
+                (Job::Deliver(ingest_plan(Via::Amqp, 2000, 4)), Ws),
+                (Job::Deliver(ingest_plan(Via::File, 2000, 4)), Ws),
                 (Job::Idle(200, Duration::from_millis(500)), Longpoll),
                 (Job::Idle(200, Duration::from_millis(500)), Sse),
                 (
@@ -536,6 +542,8 @@ fn jobs(cmd: &Cmd, transports: &[Transport]) -> Vec<(Job, Transport)> {
                 (Job::Deliver(ingest_plan(Via::Http, 100_000, 64)), Ws),
                 (Job::Deliver(ingest_plan(Via::Nats, 100_000, 64)), Ws),
                 (Job::Deliver(ingest_plan(Via::Jetstream, 100_000, 64)), Ws),
+                (Job::Deliver(ingest_plan(Via::Amqp, 100_000, 64)), Ws),
+                (Job::Deliver(ingest_plan(Via::File, 100_000, 64)), Ws),
                 (Job::Idle(1000, Duration::from_secs(2)), Longpoll),
                 (Job::Idle(1000, Duration::from_secs(2)), Sse),
                 (

@@ -31,6 +31,10 @@ pub enum Via {
     Nats,
     /// A JetStream publish on `herald.publish`, acknowledged by the stream.
     Jetstream,
+    /// A RabbitMQ publish to Herald's exchange, confirmed by the broker.
+    Amqp,
+    /// A line appended to a file Herald tails.
+    File,
 }
 
 impl Via {
@@ -40,14 +44,35 @@ impl Via {
             Via::Http => "ingest-http",
             Via::Nats => "ingest-nats",
             Via::Jetstream => "ingest-jetstream",
+            Via::Amqp => "ingest-amqp",
+            Via::File => "ingest-file",
         }
+    }
+
+    /// Whether the server answers with the offsets it gave (else they are counted 1..N).
+    pub fn answers_offsets(self) -> bool {
+        matches!(self, Via::Http | Via::Nats)
     }
 }
 
+/// Where a publisher that is not HTTP sends envelopes.
+pub enum Route {
+    Nats { url: String, jetstream: bool },
+    Amqp { url: String, exchange: String },
+    File { path: std::path::PathBuf },
+}
+
 #[derive(Clone)]
-enum NatsPath {
-    Core(async_nats::Client),
+enum Path {
+    Nats(async_nats::Client),
     JetStream(async_nats::jetstream::Context),
+    Amqp {
+        /// Rides along: the channel lives only as long as its connection.
+        _connection: std::sync::Arc<lapin::Connection>,
+        channel: lapin::Channel,
+        exchange: String,
+    },
+    File(std::sync::Arc<std::sync::Mutex<std::fs::File>>),
 }
 
 /// Who an event goes to.
@@ -144,8 +169,8 @@ pub struct Publisher {
     url: String,
     info_url: String,
     auth: Option<String>,
-    /// Set: envelopes go through NATS instead of `url`.
-    nats: Option<NatsPath>,
+    /// Set: envelopes go this way instead of `url`.
+    path: Option<Path>,
 }
 
 impl Publisher {
@@ -176,31 +201,55 @@ impl Publisher {
             url,
             info_url,
             auth,
-            nats: None,
+            path: None,
         })
     }
 
-    /// Publishes through the NATS server at `url` instead of HTTP; for JetStream, once the
-    /// server has made its stream.
-    pub async fn via_nats(mut self, via: Via, url: &str) -> Result<Self, PublishError> {
-        let client = async_nats::connect(url)
-            .await
-            .map_err(|e| PublishError::Nats(e.to_string()))?;
-        self.nats = match via {
-            Via::Http => None,
-            Via::Nats => Some(NatsPath::Core(client)),
-            Via::Jetstream => {
-                let js = async_nats::jetstream::new(client);
-                let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                while js.get_stream("HERALD").await.is_err() {
-                    if std::time::Instant::now() > deadline {
-                        return Err(PublishError::Nats("Herald never made its stream".into()));
+    /// Publishes along `route` instead of HTTP; for JetStream, once the server has made its
+    /// stream.
+    pub async fn via(mut self, route: &Route) -> Result<Self, PublishError> {
+        let failed = |e: &dyn std::fmt::Display| PublishError::Nats(e.to_string());
+        self.path = Some(match route {
+            Route::Nats { url, jetstream } => {
+                let client = async_nats::connect(url).await.map_err(|e| failed(&e))?;
+                if !jetstream {
+                    Path::Nats(client)
+                } else {
+                    let js = async_nats::jetstream::new(client);
+                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                    while js.get_stream("HERALD").await.is_err() {
+                        if std::time::Instant::now() > deadline {
+                            return Err(PublishError::Nats("Herald never made its stream".into()));
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                     }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Path::JetStream(js)
                 }
-                Some(NatsPath::JetStream(js))
             }
-        };
+            Route::Amqp { url, exchange } => {
+                let connection =
+                    lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+                        .await
+                        .map_err(|e| failed(&e))?;
+                let channel = connection.create_channel().await.map_err(|e| failed(&e))?;
+                channel
+                    .confirm_select(Default::default())
+                    .await
+                    .map_err(|e| failed(&e))?;
+                Path::Amqp {
+                    _connection: std::sync::Arc::new(connection),
+                    channel,
+                    exchange: exchange.clone(),
+                }
+            }
+            Route::File { path } => {
+                let file = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| failed(&e))?;
+                Path::File(std::sync::Arc::new(std::sync::Mutex::new(file)))
+            }
+        });
         Ok(self)
     }
 
@@ -219,24 +268,51 @@ impl Publisher {
         into: &mut Published,
     ) -> Result<usize, PublishError> {
         let b = body(targets, pad, crate::sys::now_us(), batch);
-        let nats_err = |e: &dyn std::fmt::Display| PublishError::Nats(e.to_string());
-        match &self.nats {
-            Some(NatsPath::Core(client)) => {
+        let failed = |e: &dyn std::fmt::Display| PublishError::Nats(e.to_string());
+        match &self.path {
+            Some(Path::Nats(client)) => {
                 let reply = client
                     .request("herald.publish", b.into())
                     .await
-                    .map_err(|e| nats_err(&e))?;
+                    .map_err(|e| failed(&e))?;
                 let text = String::from_utf8_lossy(&reply.payload);
                 return record_offsets(&text, into);
             }
-            // The stream's ack says it is stored, not what offset Herald gave it: the caller
-            // counts offsets 1..=N afterwards.
-            Some(NatsPath::JetStream(js)) => {
+            // The stream's or broker's confirm says it is stored, not what offset Herald gave
+            // it, and a file says nothing: the caller counts offsets 1..=N afterwards.
+            Some(Path::JetStream(js)) => {
                 js.publish("herald.publish", b.into())
                     .await
-                    .map_err(|e| nats_err(&e))?
+                    .map_err(|e| failed(&e))?
                     .await
-                    .map_err(|e| nats_err(&e))?;
+                    .map_err(|e| failed(&e))?;
+                return Ok(targets.len());
+            }
+            Some(Path::Amqp {
+                channel, exchange, ..
+            }) => {
+                let properties =
+                    lapin::BasicProperties::default().with_content_type("application/json".into());
+                channel
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        "publish".into(),
+                        Default::default(),
+                        b.as_bytes(),
+                        properties,
+                    )
+                    .await
+                    .map_err(|e| failed(&e))?
+                    .await
+                    .map_err(|e| failed(&e))?;
+                return Ok(targets.len());
+            }
+            Some(Path::File(file)) => {
+                use std::io::Write;
+                let mut line = b.into_bytes();
+                line.push(b'\n');
+                let mut file = file.lock().map_err(|e| failed(&e))?;
+                file.write_all(&line).map_err(|e| failed(&e))?;
                 return Ok(targets.len());
             }
             None => {}

@@ -27,13 +27,17 @@ use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Acker, BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use rand::Rng;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 /// How long a message the gateway could not take waits before it is requeued.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Accepted deliveries acknowledged together (one `multiple` ack), at most; fewer when no
+/// delivery is waiting.
+const ACK_BATCH: usize = 64;
 
 /// Message ids of recently accepted messages remembered for recognising redeliveries.
 const REMEMBERED: usize = 1 << 16;
@@ -132,6 +136,7 @@ impl Connector for AmqpConnector {
             status: &cx.status,
             accepted: Recent::default(),
             attempts: HashMap::new(),
+            unacked: None,
         };
         let mut attempt = 0u32;
         while !cx.shutdown.is_cancelled() {
@@ -169,9 +174,31 @@ struct Consuming<'a> {
     status: &'a ConnectorStatus,
     accepted: Recent,
     attempts: HashMap<String, u32>,
+    /// The newest accepted delivery not yet acknowledged, and how many are waiting with it.
+    unacked: Option<(Acker, usize)>,
 }
 
 impl Consuming<'_> {
+    /// Acknowledges every accepted delivery not acknowledged yet, in one `multiple` ack.
+    async fn ack_accepted(&mut self) -> Result<(), AmqpError> {
+        if let Some((acker, _)) = self.unacked.take() {
+            acker
+                .ack(BasicAckOptions { multiple: true })
+                .await
+                .map_err(step("ack"))?;
+        }
+        Ok(())
+    }
+
+    /// Holds an accepted delivery's ack for the next [`Self::ack_accepted`].
+    async fn accepted(&mut self, acker: Acker) -> Result<(), AmqpError> {
+        let waiting = self.unacked.take().map_or(0, |(_, n)| n) + 1;
+        self.unacked = Some((acker, waiting));
+        if waiting >= ACK_BATCH {
+            self.ack_accepted().await?;
+        }
+        Ok(())
+    }
     /// One connection: declares, consumes until shutdown (`Ok`) or the connection fails.
     async fn session(&mut self, shutdown: &CancellationToken) -> Result<(), AmqpError> {
         let config = self.config;
@@ -199,14 +226,23 @@ impl Consuming<'_> {
             .await
             .map_err(step("consume"))?;
         self.status.set_health(Health::Connected);
+        // Acks of a lost connection are void: their deliveries come again.
+        self.unacked = None;
         loop {
             let next = tokio::select! {
+                biased;
                 () = shutdown.cancelled() => {
-                    // Unacknowledged deliveries go back to the queue with the connection.
+                    // What is not acknowledged goes back to the queue with the connection.
+                    let _ = self.ack_accepted().await;
                     let _ = connection.close(200, "herald shutting down".into()).await;
                     return Ok(());
                 }
                 next = deliveries.next() => next,
+                // Nothing is waiting: acknowledge what was accepted.
+                () = std::future::ready(()), if self.unacked.is_some() => {
+                    self.ack_accepted().await?;
+                    continue;
+                }
             };
             match next {
                 Some(Ok(delivery)) => {
@@ -226,19 +262,14 @@ impl Consuming<'_> {
         }
     }
 
-    /// Publishes one delivery and acknowledges, rejects or requeues it (`Ok(false)`: the
-    /// broker no longer knew the delivery, which comes again).
-    async fn handle(&mut self, channel: &Channel, delivery: Delivery) -> Result<bool, AmqpError> {
+    /// Publishes one delivery and acknowledges (with the next batch), rejects or requeues it.
+    async fn handle(&mut self, channel: &Channel, delivery: Delivery) -> Result<(), AmqpError> {
         let props = &delivery.properties;
         let message_id = props.message_id().as_ref().map(ToString::to_string);
         if let Some(id) = &message_id {
             if delivery.redelivered && self.accepted.contains(id) {
                 self.status.duplicate();
-                return delivery
-                    .acker
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .map_err(step("ack"));
+                return self.accepted(delivery.acker).await;
             }
         }
         let content_type = props.content_type().as_ref().map(ToString::to_string);
@@ -289,18 +320,19 @@ impl Consuming<'_> {
                     self.accepted.insert(id);
                 }
                 self.attempts.remove(&attempt_key());
+                self.accepted(delivery.acker).await
+            }
+            Verdict::Rejected(_) => {
+                self.ack_accepted().await?;
                 delivery
                     .acker
-                    .ack(BasicAckOptions::default())
+                    .reject(BasicRejectOptions { requeue: false })
                     .await
-                    .map_err(step("ack"))
+                    .map(drop)
+                    .map_err(step("reject"))
             }
-            Verdict::Rejected(_) => delivery
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await
-                .map_err(step("reject")),
             Verdict::Retry(_) => {
+                self.ack_accepted().await?;
                 let key = attempt_key();
                 let attempts = self.attempts.entry(key.clone()).or_default();
                 *attempts += 1;
@@ -318,6 +350,7 @@ impl Consuming<'_> {
                     .acker
                     .reject(BasicRejectOptions { requeue })
                     .await
+                    .map(drop)
                     .map_err(step("requeue"))
             }
         }

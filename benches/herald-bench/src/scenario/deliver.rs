@@ -12,7 +12,7 @@ use super::swarm::{SubSpec, Swarm};
 use super::{with_server, Better, CpuWindow, Ctx, RunResult};
 use crate::client::Kind;
 use crate::natsd::NatsServer;
-use crate::publish::{Publisher, To, Via};
+use crate::publish::{Publisher, Route, To, Via};
 use crate::server::ServerOpts;
 use crate::stats::{Accounting, Percentiles, Published};
 use crate::sys::now_us;
@@ -85,30 +85,63 @@ pub async fn run(ctx: &Ctx, plan: DeliverPlan) -> RunResult {
     let label = ctx.label(plan.scenario, plan.subscribers);
     let mut skipped = RunResult::new(plan.scenario, label, ctx.kind, json!({}));
     if ctx.kind == Kind::SocketIo {
-        skipped.note("Socket.IO takes no events from NATS");
+        skipped.note("Socket.IO takes events over HTTP only");
         return skipped;
     }
-    // Herald reads a NATS server of the run's own, configured through a file.
-    let nats = match NatsServer::start().await {
-        Ok(nats) => nats,
-        Err(e) => {
-            skipped.ok = false;
-            skipped.note(format!("nats-server did not start: {e}"));
-            return skipped;
+    // Herald gets a config file naming the source; the source is the run's own.
+    let log_dir = &ctx.servers.log_dir;
+    let tag = format!("herald-bench-{}-{}", std::process::id(), plan.scenario);
+    let mut nats = None;
+    let (route, toml) = match plan.via {
+        Via::Http => unreachable!("handled above"),
+        Via::Nats | Via::Jetstream => {
+            let server = match NatsServer::start().await {
+                Ok(server) => server,
+                Err(e) => {
+                    skipped.ok = false;
+                    skipped.note(format!("nats-server did not start: {e}"));
+                    return skipped;
+                }
+            };
+            let jetstream = plan.via == Via::Jetstream;
+            let toml = format!(
+                "[nats]\nurl = \"{}\"\njetstream = {jetstream}\n",
+                server.url()
+            );
+            let route = Route::Nats {
+                url: server.url(),
+                jetstream,
+            };
+            nats = Some(server);
+            (route, toml)
+        }
+        Via::Amqp => {
+            let toml = format!(
+                "[amqp]\nurl = \"{AMQP_URL}\"\nexchange = \"{tag}\"\nqueue = \"{tag}\"\nconnection_name = \"{tag}\"\n"
+            );
+            let route = Route::Amqp {
+                url: AMQP_URL.into(),
+                exchange: tag.clone(),
+            };
+            (route, toml)
+        }
+        Via::File => {
+            let path = log_dir.join(format!("{tag}.lines"));
+            let toml = format!(
+                "[[file_tail]]\npath = \"{}\"\nfrom_start = true\nstate_file = \"{}\"\n",
+                path.display(),
+                log_dir.join(format!("{tag}.position")).display()
+            );
+            (Route::File { path }, toml)
         }
     };
-    let config = ctx
-        .servers
-        .log_dir
-        .join(format!("{}-nats.toml", plan.scenario));
-    let toml = format!(
-        "[nats]\nurl = \"{}\"\njetstream = {}\n",
-        nats.url(),
-        plan.via == Via::Jetstream
-    );
-    if let Err(e) =
-        std::fs::create_dir_all(&ctx.servers.log_dir).and_then(|()| std::fs::write(&config, toml))
-    {
+    let config = log_dir.join(format!("{tag}.toml"));
+    let written = std::fs::create_dir_all(log_dir).and_then(|()| std::fs::write(&config, toml));
+    let written = match &route {
+        Route::File { path } => written.and_then(|()| std::fs::write(path, b"")),
+        _ => written,
+    };
+    if let Err(e) = written {
         skipped.ok = false;
         skipped.note(format!("writing {}: {e}", config.display()));
         return skipped;
@@ -124,11 +157,40 @@ pub async fn run(ctx: &Ctx, plan: DeliverPlan) -> RunResult {
         },
         common: ctx.common.clone(),
     };
-    run_on(&ctx, plan, Some(&nats)).await
+    let result = run_on(&ctx, plan, Some(&route)).await;
+    drop(nats);
+    clean_up(&route, &tag).await;
+    result
 }
 
-/// One delivery run; `nats` is the server envelopes go through when `plan.via` says so.
-async fn run_on(ctx: &Ctx, mut plan: DeliverPlan, nats: Option<&NatsServer>) -> RunResult {
+/// The machine's RabbitMQ.
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Leaves nothing behind: the run's queue and exchange, its file and position.
+async fn clean_up(route: &Route, tag: &str) {
+    match route {
+        Route::Amqp { url, .. } => {
+            if let Ok(connection) =
+                lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await
+            {
+                if let Ok(channel) = connection.create_channel().await {
+                    let _ = channel.queue_delete(tag.into(), Default::default()).await;
+                    let _ = channel
+                        .exchange_delete(tag.into(), Default::default())
+                        .await;
+                }
+            }
+        }
+        Route::File { path } => {
+            let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(path.with_extension("position"));
+        }
+        Route::Nats { .. } => {}
+    }
+}
+
+/// One delivery run; `route` is the way envelopes go when not over HTTP.
+async fn run_on(ctx: &Ctx, mut plan: DeliverPlan, route: Option<&Route>) -> RunResult {
     let label = ctx.label(plan.scenario, plan.subscribers);
     let mut notes = Vec::new();
     if plan.subscribers > ctx.max_connections() {
@@ -180,8 +242,8 @@ async fn run_on(ctx: &Ctx, mut plan: DeliverPlan, nats: Option<&NatsServer>) -> 
         let conns = ready.ready.max(1) as f64;
 
         let publisher = match Publisher::new(ctx.kind, server.addr, &server.api_key) {
-            Ok(p) => match nats {
-                Some(nats) => p.via_nats(plan.via, &nats.url()).await,
+            Ok(p) => match route {
+                Some(route) => p.via(route).await,
                 None => Ok(p),
             },
             Err(e) => Err(e),
@@ -203,8 +265,8 @@ async fn run_on(ctx: &Ctx, mut plan: DeliverPlan, nats: Option<&NatsServer>) -> 
         let (mut published, errors, first_err) =
             publish_all(&plan, &publisher, &swarm, ctx.common.wait).await;
         let publish_s = started.elapsed().as_secs_f64();
-        if plan.via == Via::Jetstream {
-            // One channel, fresh: Herald numbers what the stream stored 1, 2, 3…
+        if !plan.via.answers_offsets() {
+            // One channel, fresh: Herald numbers what it took 1, 2, 3…
             for offset in 1..=plan.events.saturating_sub(errors) {
                 published.add("bench", offset);
             }
