@@ -48,6 +48,23 @@ pub async fn connect_backends(
         })?;
         backends.rpc = Some(rpc_setup(rpc, Arc::new(backend), calls));
     }
+    #[cfg(feature = "amqp")]
+    if let Some(amqp) = config
+        .amqp
+        .as_ref()
+        .filter(|a| !a.events_exchange.is_empty())
+    {
+        let status = hub.metrics().connectors.register("amqp-outbound");
+        let events = herald_connector_amqp::AmqpEvents::connect(amqp, status.clone()).await;
+        let (sink, publisher) = herald_connector_api::activity_queue(
+            events,
+            amqp.events_queue,
+            amqp.events_debounce,
+            status,
+        );
+        outbound.spawn(publisher.run(outbound_shutdown.clone()));
+        backends.activity.push(Arc::new(sink));
+    }
     #[cfg(feature = "nats")]
     nats_backends(
         config,
@@ -74,7 +91,8 @@ async fn nats_backends(
     outbound: &TaskTracker,
     outbound_shutdown: &CancellationToken,
 ) -> Result<(), BackendError> {
-    use herald_connector_nats::outbound::{activity, NatsRpc};
+    use herald_connector_api::activity_queue;
+    use herald_connector_nats::outbound::{NatsEvents, NatsRpc};
 
     let nats = config.nats.clone().unwrap_or_default();
     let rpc = config
@@ -96,15 +114,14 @@ async fn nats_backends(
         backends.rpc = Some(rpc_setup(rpc, Arc::new(backend), calls));
     }
     if nats.events {
-        let (sink, publisher) = activity(
-            client,
-            &nats.prefix,
+        let (sink, publisher) = activity_queue(
+            NatsEvents::new(client, &nats.prefix),
             nats.events_queue,
             nats.events_debounce,
             status,
         );
         outbound.spawn(publisher.run(outbound_shutdown.clone()));
-        backends.activity = Some(Arc::new(sink));
+        backends.activity.push(Arc::new(sink));
     }
     Ok(())
 }

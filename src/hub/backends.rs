@@ -36,8 +36,8 @@ pub struct RpcSetup {
 pub struct Backends {
     /// `[rpc]`.
     pub rpc: Option<RpcSetup>,
-    /// Client activity out.
-    pub activity: Option<Arc<dyn ActivitySink>>,
+    /// Where client activity goes (NATS, AMQP); each gets every activity.
+    pub activity: Vec<Arc<dyn ActivitySink>>,
 }
 
 impl Hub {
@@ -57,16 +57,18 @@ impl Hub {
         channel: Option<&str>,
         event: Option<&str>,
     ) {
-        let Some(sink) = self.0.backends.get().and_then(|b| b.activity.as_ref()) else {
+        let Some(sinks) = self.0.backends.get().map(|b| &b.activity) else {
             return;
         };
-        let Some(identity) = conn.identity.get() else {
+        let (Some(identity), false) = (conn.identity.get(), sinks.is_empty()) else {
             return;
         };
         let mut activity = Activity::now(kind, &identity.user, &conn.id, &self.0.config.node);
         activity.channel = channel.map(str::to_owned);
         activity.event = event.map(str::to_owned);
-        sink.record(activity);
+        for sink in sinks {
+            sink.record(activity.clone());
+        }
     }
 
     /// Starts a client's rpc; the reply (or error) is queued to `conn` when it comes.

@@ -274,3 +274,58 @@ async fn amqp_loses_nothing_across_forced_closes_and_a_herald_restart() {
     second.stop().await;
     rabbit.clean_up().await;
 }
+
+#[tokio::test]
+async fn amqp_activity_goes_to_an_exchange() {
+    let rabbit = Rabbit::new("events").await;
+    let exchange = format!("{}.events", rabbit.tag);
+    let rules = "[[channels]]\npattern = \"room\"\nclient_publish = true\n";
+    let config = format!(
+        "{rules}{}",
+        rabbit.section(&format!("events_exchange = \"{exchange}\"\n"))
+    );
+    let gw = start_with(&[], Some(&config)).await;
+    gw.wait_readyz(200).await;
+    // Herald declared the exchange; a queue of the test's own hears everything on it.
+    let heard = format!("{}.heard", rabbit.tag);
+    let mut events = queue(&rabbit, &heard).await;
+    rabbit
+        .channel
+        .queue_bind(
+            ShortString::from(heard.as_str()),
+            ShortString::from(exchange.as_str()),
+            ShortString::from("#"),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    let mut client = gw.client("auth0|carol").await;
+    let reply = client
+        .request(json!({"op": "join", "channel": "room"}))
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let reply = client
+        .request(json!({"op": "publish", "channel": "room", "event": "said", "data": 1}))
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    client.close().await;
+    let mut kinds = Vec::new();
+    for _ in 0..5 {
+        let (body, _) = next_body(&mut events).await;
+        assert_eq!(body["user"], "auth0|carol", "{body}");
+        kinds.push(body["kind"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(kinds, ["connect", "join", "publish", "leave", "disconnect"]);
+    gw.stop().await;
+    let _ = rabbit
+        .channel
+        .queue_delete(ShortString::from(heard), Default::default())
+        .await;
+    let _ = rabbit
+        .channel
+        .exchange_delete(ShortString::from(exchange), Default::default())
+        .await;
+    rabbit.clean_up().await;
+}

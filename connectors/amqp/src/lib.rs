@@ -15,11 +15,15 @@
 //! delivery tags are void after a recovery anyway.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use herald_connector_api::{
-    Connector, ConnectorContext, ConnectorError, ConnectorStatus, Health, Ingest, Verdict,
+    Activity, ActivityTransport, Connector, ConnectorContext, ConnectorError, ConnectorStatus,
+    Health, Ingest, Verdict,
 };
 use lapin::message::Delivery;
 use lapin::options::{
@@ -62,6 +66,14 @@ pub struct AmqpConfig {
     pub max_redeliveries: u32,
     /// The name Herald's connection shows in the broker [default: herald].
     pub connection_name: String,
+    /// A durable topic exchange for client activity (routing key = the kind: `connect`,
+    /// `join`…), declared when missing; empty: no activity out [default: empty].
+    pub events_exchange: String,
+    /// Activities waiting for the broker, at most; more are dropped and counted [default: 10000].
+    pub events_queue: usize,
+    /// A user's disconnect followed by a connect within this is reported once [default: 0s].
+    #[serde(with = "humantime_serde")]
+    pub events_debounce: Duration,
 }
 
 impl Default for AmqpConfig {
@@ -75,6 +87,9 @@ impl Default for AmqpConfig {
             dead_letter_exchange: String::new(),
             max_redeliveries: 5,
             connection_name: "herald".into(),
+            events_exchange: String::new(),
+            events_queue: 10_000,
+            events_debounce: Duration::ZERO,
         }
     }
 }
@@ -94,6 +109,9 @@ impl AmqpConfig {
         }
         if self.prefetch == 0 {
             problems.push(("amqp.prefetch", "must be at least 1"));
+        }
+        if self.events_queue == 0 {
+            problems.push(("amqp.events_queue", "must be at least 1"));
         }
         problems
     }
@@ -431,5 +449,96 @@ impl Recent {
                 }
             }
         }
+    }
+}
+
+/// Client activity published to an exchange, on one connection of its own that is opened
+/// again (and the exchange declared again) after it fails.
+pub struct AmqpEvents {
+    config: AmqpConfig,
+    status: Arc<ConnectorStatus>,
+    channel: tokio::sync::Mutex<Option<(Connection, Channel)>>,
+}
+
+impl AmqpEvents {
+    /// Connects now (a failure is reported in `status` and tried again at the next activity).
+    pub async fn connect(config: &AmqpConfig, status: Arc<ConnectorStatus>) -> Self {
+        let events = Self {
+            config: config.clone(),
+            status,
+            channel: tokio::sync::Mutex::new(None),
+        };
+        let mut slot = events.channel.lock().await;
+        if let Err(e) = events.open(&mut slot).await {
+            events.status.lost(&e);
+        }
+        drop(slot);
+        events
+    }
+
+    async fn open(&self, slot: &mut Option<(Connection, Channel)>) -> Result<(), AmqpError> {
+        let name = format!("{}-events", self.config.connection_name);
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        let connection = Connection::connect(&self.config.url, properties)
+            .await
+            .map_err(step("connect"))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(step("open a channel"))?;
+        channel
+            .exchange_declare(
+                ShortString::from(self.config.events_exchange.as_str()),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(step("declare the events exchange"))?;
+        *slot = Some((connection, channel));
+        self.status.set_health(Health::Connected);
+        Ok(())
+    }
+}
+
+impl ActivityTransport for AmqpEvents {
+    fn send<'a>(
+        &'a self,
+        activity: &'a Activity,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            let body = serde_json::to_vec(activity).map_err(|e| e.to_string())?;
+            let mut slot = self.channel.lock().await;
+            if slot.is_none() {
+                self.open(&mut slot).await.map_err(|e| {
+                    self.status.lost(&e);
+                    e.to_string()
+                })?;
+            }
+            let Some((_, channel)) = slot.as_ref() else {
+                return Err("no channel".into());
+            };
+            let properties =
+                BasicProperties::default().with_content_type("application/json".into());
+            let sent = channel
+                .basic_publish(
+                    ShortString::from(self.config.events_exchange.as_str()),
+                    ShortString::from(activity.kind.as_str()),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
+                .await;
+            if let Err(e) = sent {
+                // Opened again at the next activity.
+                *slot = None;
+                self.status.lost(format!("publish: {e}"));
+                return Err(e.to_string());
+            }
+            Ok(())
+        })
     }
 }

@@ -16,7 +16,9 @@
 //! - [`queue`]: the outbox: a bounded, lazily allocated frame queue, then the disconnect.
 //! - [`connector`]: the trait inbound sources implement, and their context.
 //! - [`backend`]: what the core asks of backends: rpc answers, activity.
+//! - [`activity`]: activity out through any broker: a bounded queue, debounce.
 
+pub mod activity;
 pub mod backend;
 pub mod channel;
 pub mod compact;
@@ -28,6 +30,7 @@ pub mod ingest;
 pub mod queue;
 pub mod session;
 
+pub use activity::{activity_queue, ActivityPublisher, ActivityTransport, QueuedActivity};
 pub use backend::{
     rpc_answer, Activity, ActivityKind, ActivitySink, RpcBackend, RpcCall, RpcError, RpcFuture,
 };
