@@ -30,6 +30,8 @@ pub struct Identity {
     pub user: Arc<str>,
     /// Channels the user may join; `None` means every ordinary channel.
     pub channels: Option<Arc<[Pattern]>>,
+    /// When an auth hook's answer stops being valid; the connection ends with 4002 then.
+    pub expires_at: Option<SystemTime>,
 }
 
 impl Identity {
@@ -38,6 +40,18 @@ impl Identity {
         Self {
             user: Arc::from(""),
             channels: None,
+            expires_at: None,
+        }
+    }
+
+    /// The identity an ident hook vouched for.
+    pub fn from_hook(hook: herald_connector_api::HookIdentity) -> Self {
+        Self {
+            user: Arc::from(hook.user),
+            channels: hook
+                .channels
+                .map(|list| list.iter().map(|p| Pattern::new(p)).collect()),
+            expires_at: hook.expires_at,
         }
     }
 
@@ -98,6 +112,7 @@ impl Auth {
         Ok(Identity {
             user: Arc::from(claims.sub),
             channels,
+            expires_at: None,
         })
     }
 

@@ -253,6 +253,7 @@ struct FileConfig {
     #[cfg(not(feature = "nats"))]
     nats: Option<toml::Table>,
     rpc: Option<herald_connector_rpc::RpcConfig>,
+    auth_hooks: Option<herald_connector_authhook::AuthHooksConfig>,
     #[cfg(feature = "amqp")]
     amqp: Option<herald_connector_amqp::AmqpConfig>,
     #[cfg(not(feature = "amqp"))]
@@ -393,6 +394,8 @@ pub struct Config {
     pub file_tail: Vec<herald_connector_filetail::FileTailConfig>,
     /// The `[rpc]` section; `None`: clients' `rpc` gets 4500.
     pub rpc: Option<herald_connector_rpc::RpcConfig>,
+    /// The `[auth_hooks]` section; `None`: JWTs alone decide.
+    pub auth_hooks: Option<herald_connector_authhook::AuthHooksConfig>,
     /// Most open connections.
     pub max_connections: usize,
     /// Most ordinary channels per connection.
@@ -629,6 +632,9 @@ impl Config {
         for (key, problem) in file.rpc.iter().flat_map(|r| r.problems()) {
             p.add(key, problem);
         }
+        for (key, problem) in file.auth_hooks.iter().flat_map(|a| a.problems()) {
+            p.add(key, problem);
+        }
         #[cfg(feature = "amqp")]
         for (key, problem) in file.amqp.iter().flat_map(|a| a.problems()) {
             p.add(key, problem);
@@ -759,6 +765,7 @@ impl Config {
             #[cfg(feature = "nats")]
             nats: file.nats,
             rpc: file.rpc,
+            auth_hooks: file.auth_hooks,
             file_tail: file.file_tail,
             #[cfg(feature = "amqp")]
             amqp: file.amqp,

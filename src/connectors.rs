@@ -1,18 +1,20 @@
 //! Starts the inbound connectors the configuration names, each under the shutdown signal,
 //! with its status registered for the probes, `/api/info` and `/metrics`; and connects the
-//! backends the hub calls out to (`[rpc]`, client activity).
+//! backends the hub calls out to (`[rpc]`, client activity, `[auth_hooks]`).
 
 use std::sync::Arc;
 
 use herald_connector_api::{
     Connector, ConnectorContext, ConnectorSet, Gateway, Health, RpcBackend,
 };
+use herald_connector_authhook::HttpAuthHooks;
 use herald_connector_rpc::{HttpRpc, RpcBackendKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::hub::{Backends, Hub, RpcSetup};
+use crate::hub::{AuthSetup, Backends, Hub, RpcSetup};
+use crate::pattern::Pattern;
 
 /// Why a backend could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,27 @@ pub async fn connect_backends(
             message: e.to_string(),
         })?;
         backends.rpc = Some(rpc_setup(rpc, Arc::new(backend), calls));
+    }
+    if let Some(hooks) = &config.auth_hooks {
+        let http = HttpAuthHooks::new(hooks).map_err(|e| BackendError {
+            what: "auth_hooks",
+            message: e.to_string(),
+        })?;
+        let guarded = if hooks.join_url.is_empty() {
+            Vec::new()
+        } else {
+            hooks
+                .join_channels
+                .iter()
+                .map(|p| Pattern::new(p))
+                .collect()
+        };
+        backends.auth = Some(AuthSetup {
+            hooks: Arc::new(http),
+            idents: !hooks.ident_url.is_empty(),
+            guarded,
+            tasks: calls.clone(),
+        });
     }
     #[cfg(feature = "amqp")]
     if let Some(amqp) = config

@@ -38,6 +38,8 @@ pub struct Backends {
     pub rpc: Option<RpcSetup>,
     /// Where client activity goes (NATS, AMQP); each gets every activity.
     pub activity: Vec<Arc<dyn ActivitySink>>,
+    /// `[auth_hooks]`.
+    pub auth: Option<super::AuthSetup>,
 }
 
 impl Hub {

@@ -1,6 +1,6 @@
 //! One client connection as the hub sees it: identity, joined channels and outbound queue.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -45,7 +45,26 @@ pub struct Conn {
     pub event_meta: bool,
     /// Client `rpc` calls not answered yet.
     pub rpc_in_flight: AtomicUsize,
+    /// Set (under the `channels` lock) when the connection leaves the hub, so a hook's late
+    /// answer cannot add it to a channel again.
+    unregistered: AtomicBool,
+    /// While an auth hook's answer is awaited: the frames that came after, in order.
+    held: Mutex<Option<VecDeque<Box<str>>>>,
     frames_tx: FrameSender,
+}
+
+/// Frames one connection may have waiting for an auth hook's answer; more get 4029.
+pub const MAX_HELD_FRAMES: usize = 256;
+
+/// What [`Conn::hold`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// No hook answer is awaited: handle the frame now.
+    No,
+    /// Queued behind the awaited answer.
+    Yes,
+    /// Refused: [`MAX_HELD_FRAMES`] are waiting already.
+    Full,
 }
 
 impl Conn {
@@ -65,6 +84,8 @@ impl Conn {
             in_broadcast: AtomicBool::new(false),
             event_meta,
             rpc_in_flight: AtomicUsize::new(0),
+            unregistered: AtomicBool::new(false),
+            held: Mutex::new(None),
             frames_tx,
         };
         (Arc::new(conn), outbox)
@@ -128,6 +149,57 @@ impl Conn {
             }
             Err(QueueError::Closed) => Queued::Gone,
         }
+    }
+
+    /// Marks the connection gone from the hub and takes its channels; see [`Self::add_channel`].
+    pub fn unregister(&self) -> Vec<ChannelName> {
+        let mut channels = self.channels.lock();
+        self.unregistered.store(true, Ordering::Release);
+        channels.drain().collect()
+    }
+
+    /// Records membership of `channel` unless the connection has left the hub; returns
+    /// whether it was recorded (the caller then undoes its side of the membership).
+    pub fn add_channel(&self, channel: &ChannelName) -> bool {
+        let mut channels = self.channels.lock();
+        if self.unregistered.load(Ordering::Acquire) {
+            return false;
+        }
+        channels.insert(channel.clone());
+        true
+    }
+
+    /// Whether the connection has left the hub.
+    pub fn is_unregistered(&self) -> bool {
+        self.unregistered.load(Ordering::Acquire)
+    }
+
+    /// From now on frames are held until [`Self::next_held`] runs dry.
+    pub fn start_holding(&self) {
+        self.held.lock().get_or_insert_with(VecDeque::new);
+    }
+
+    /// Holds `frame` behind an awaited hook answer, if one is awaited.
+    pub fn hold(&self, frame: &str) -> Held {
+        match self.held.lock().as_mut() {
+            None => Held::No,
+            Some(queue) if queue.len() >= MAX_HELD_FRAMES => Held::Full,
+            Some(queue) => {
+                queue.push_back(frame.into());
+                Held::Yes
+            }
+        }
+    }
+
+    /// The next held frame; when there is none, holding stops (under the same lock, so a
+    /// frame arriving meanwhile is either returned here or handled by the transport).
+    pub fn next_held(&self) -> Option<Box<str>> {
+        let mut held = self.held.lock();
+        let next = held.as_mut().and_then(VecDeque::pop_front);
+        if next.is_none() {
+            *held = None;
+        }
+        next
     }
 
     /// What the recovery lane of the outbox still takes.

@@ -27,6 +27,7 @@
 //! - [`event`], [`frame`]: frames serialized once; client frames parsed once.
 //! - [`dedup`], [`auth_deadline`]: the idempotency window; the `ident` deadline.
 //! - [`backends`]: calls out: clients' `rpc`, client activity.
+//! - [`hooks`]: the backend's auth hooks on the client path: idents and guarded joins.
 
 mod auth_deadline;
 mod backends;
@@ -37,6 +38,7 @@ mod event;
 mod fanout;
 mod frame;
 mod gateway;
+mod hooks;
 mod session;
 
 use std::collections::BTreeMap;
@@ -56,6 +58,7 @@ use tokio_util::sync::CancellationToken;
 pub use backends::{Backends, RpcSetup};
 pub use channel::ChannelRule;
 pub use event::EventBody;
+pub use hooks::AuthSetup;
 
 use crate::auth::Auth;
 use crate::metrics::Metrics;
@@ -301,8 +304,7 @@ impl Hub {
             self.0.admitted.fetch_sub(1, Ordering::AcqRel);
             self.0.metrics.connections.dec();
         }
-        let channels: Vec<ChannelName> = conn.channels.lock().drain().collect();
-        for name in channels {
+        for name in conn.unregister() {
             let Some(arc) = self.0.channels.get(&name).map(|c| c.clone()) else {
                 continue;
             };
@@ -492,6 +494,7 @@ mod tests {
 
     #[test]
     fn the_typed_ident_answers_directly_and_events_carry_meta_only_where_asked() {
+        use futures_util::FutureExt;
         use herald_connector_api::{IdentRequest, OutFrame, Since};
         let hub = hub();
         let auth = Auth::new("s");
@@ -508,6 +511,8 @@ mod tests {
                 token: Some("forged".into()),
                 channels: Vec::new(),
             })
+            .now_or_never()
+            .expect("no hook to wait for")
             .unwrap_err();
         assert_eq!(refused.code, 4002);
         let channels = vec![("news".to_owned(), None::<Since>)];
@@ -516,6 +521,8 @@ mod tests {
                 token: Some(token.clone()),
                 channels: channels.clone(),
             })
+            .now_or_never()
+            .expect("no hook to wait for")
             .unwrap();
         assert_eq!(identified.user, "ann");
         assert_eq!(identified.channels["news"].offset, 0);
@@ -525,6 +532,8 @@ mod tests {
                 token: Some(token),
                 channels,
             })
+            .now_or_never()
+            .expect("no hook to wait for")
             .unwrap();
         hub.publish(
             Envelope::from_json(br#"{"event":"E","channels":["news"],"users":["ann"]}"#).unwrap(),

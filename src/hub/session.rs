@@ -6,16 +6,17 @@ use std::time::Instant;
 
 use herald_connector_api::{
     ActivityKind, AtCapacity, BacklogRoom, ChannelKind, ChannelName, ChannelPosition,
-    ClientSession, CompactJson, Disconnect, IdentRefused, IdentRequest, Identified, OutFrame,
-    PeerInfo, Since,
+    ClientSession, CompactJson, Disconnect, IdentFuture, IdentRefused, IdentRequest, Identified,
+    OutFrame, PeerInfo, Since,
 };
 use serde_json::json;
 
 use super::channel::Channel;
-use super::conn::Conn;
+use super::conn::{Conn, Held, MAX_HELD_FRAMES};
 use super::event::{EventBody, From};
 use super::fanout::Skip;
 use super::frame::{self, required, Frame, OpError, Position};
+use super::hooks::Pending;
 use super::{Hub, MAX_HISTORY_LIMIT};
 use crate::auth::Identity;
 
@@ -23,33 +24,67 @@ use crate::auth::Identity;
 const DEFAULT_HISTORY_LIMIT: usize = 100;
 
 /// The inbound half of one connection; dropping it unregisters the connection.
-pub(super) struct Session {
-    hub: Hub,
-    conn: Arc<Conn>,
-    peer: PeerInfo,
-}
+pub(super) struct Session(Ops);
 
 impl Session {
     pub(super) fn new(hub: Hub, conn: Arc<Conn>, peer: PeerInfo) -> Self {
-        Self { hub, conn, peer }
+        Self(Ops {
+            hub,
+            conn,
+            transport: peer.transport,
+        })
     }
+}
 
-    fn handle_frame(&mut self, raw: &str) {
+/// The protocol, op by op, for one connection; cloned into the task that applies an auth
+/// hook's answer.
+#[derive(Clone)]
+struct Ops {
+    hub: Hub,
+    conn: Arc<Conn>,
+    transport: &'static str,
+}
+
+/// Whether a frame is done with, or waits for an auth hook's answer (and the frames after
+/// it with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Done,
+    Waiting,
+}
+
+/// An identity, now or once a hook answered.
+enum Authenticated {
+    Now(Result<Identity, OpError>),
+    Later(Pending<Identity>),
+}
+
+/// A `join`, parsed and owned, so a hook's answer can apply it later.
+struct JoinRequest {
+    id: Option<u64>,
+    channel: ChannelName,
+    since: Option<Since>,
+    presence: bool,
+}
+
+impl Ops {
+    fn handle_frame(&self, raw: &str) -> Flow {
         let (id, result) = match frame::parse_frame(raw) {
             Ok(frame) => (frame.id, self.handle(&frame)),
             Err((id, err)) => (id, Err(err)),
         };
-        if let Err(err) = result {
+        result.unwrap_or_else(|err| {
             self.refuse(id, &err);
-        }
+            Flow::Done
+        })
     }
 
     fn refuse(&self, id: Option<u64>, err: &OpError) {
-        tracing::debug!(conn = %self.conn.id, transport = self.peer.transport, code = err.code, error = %err.message, "frame refused");
+        tracing::debug!(conn = %self.conn.id, transport = self.transport, code = err.code, error = %err.message, "frame refused");
         self.hub.queue(&self.conn, frame::reply_err(id, err));
     }
 
-    fn handle(&mut self, f: &Frame) -> Result<(), OpError> {
+    fn handle(&self, f: &Frame) -> Result<Flow, OpError> {
         let op = required(&f.op, "op")?;
         if op == "ident" {
             return self.ident(f);
@@ -57,8 +92,10 @@ impl Session {
         let Some(identity) = self.conn.identity.get().cloned() else {
             return Err(OpError::new(4001, "not identified yet: send ident first"));
         };
+        if op == "join" {
+            return self.join(f, &identity);
+        }
         match op.as_str() {
-            "join" => self.join(f, &identity),
             "leave" => self.leave(f),
             "publish" => self.publish(f, &identity),
             "presence" => self.presence(f, &identity),
@@ -73,6 +110,31 @@ impl Session {
                 Ok(())
             }
             other => Err(OpError::new(4004, format!("unknown op: {other}"))),
+        }
+        .map(|()| Flow::Done)
+    }
+
+    /// Runs `work` (a hook call and what it decides) beside the connection, holding the
+    /// frames that come meanwhile; then handles them in order.
+    fn wait_for(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.conn.start_holding();
+        let ops = self.clone();
+        self.hub.spawn_hook_call(async move {
+            work.await;
+            ops.handle_held();
+        });
+    }
+
+    /// Handles the frames held while a hook was asked, until they run out or one of them
+    /// waits for a hook again (whose task then goes on with the rest).
+    fn handle_held(&self) {
+        while let Some(raw) = self.conn.next_held() {
+            if self.conn.is_ending() || self.conn.is_unregistered() {
+                continue;
+            }
+            if self.handle_frame(&raw) == Flow::Waiting {
+                return;
+            }
         }
     }
 
@@ -96,7 +158,7 @@ impl Session {
     }
 
     /// The `ident` op: the same as [`ClientSession::ident`], answered with a reply frame.
-    fn ident(&mut self, f: &Frame) -> Result<(), OpError> {
+    fn ident(&self, f: &Frame) -> Result<Flow, OpError> {
         let mut wanted = Vec::with_capacity(f.channels.len());
         for (name, position) in &f.channels {
             let position = since(position).map_err(|_| {
@@ -104,41 +166,123 @@ impl Session {
             })?;
             wanted.push((name.clone(), position));
         }
-        match self.identify(f.token.as_deref(), &wanted, f.id) {
-            Ok(_) => Ok(()),
-            Err(err) if err.code == 4002 => {
-                // The error is reported like any other (with the frame's id, if it had one),
-                // and flushed before the disconnect that ends the connection.
-                self.refuse(f.id, &err);
-                self.conn.end(Disconnect::new(4002, err.message, false));
-                Ok(())
+        if self.conn.identity.get().is_some() {
+            return Err(OpError::bad_frame("already identified"));
+        }
+        let reply_id = f.id;
+        match self.authenticate(f.token.as_deref(), &wanted) {
+            Authenticated::Now(identity) => {
+                self.conclude_ident(identity, &wanted, reply_id);
+                Ok(Flow::Done)
             }
-            Err(err) => Err(err),
+            Authenticated::Later(pending) => {
+                let ops = self.clone();
+                self.wait_for(async move {
+                    let identity = pending.await;
+                    ops.conclude_ident(identity, &wanted, reply_id);
+                });
+                Ok(Flow::Waiting)
+            }
         }
     }
 
-    /// Verifies the token, joins the personal, broadcast, default and asked channels, and
-    /// recovers the asked positions. With `reply_id`, the reply is queued ahead of the
-    /// recovered events; either way the result is returned.
-    fn identify(
-        &mut self,
+    /// Identifies as `identity`, or reports why not; a failed authentication (4002) ends
+    /// the connection after its error reply is flushed.
+    fn conclude_ident(
+        &self,
+        identity: Result<Identity, OpError>,
+        wanted: &[(String, Option<Since>)],
+        reply_id: Option<u64>,
+    ) {
+        match identity.and_then(|identity| self.identify(identity, wanted, reply_id)) {
+            Ok(_) => {}
+            Err(err) if err.code == 4002 => {
+                self.refuse(reply_id, &err);
+                self.conn.end(Disconnect::new(4002, err.message, false));
+            }
+            Err(err) => self.refuse(reply_id, &err),
+        }
+    }
+
+    /// Who the token names: a valid JWT (or anonymous access) at once, else the ident hook's
+    /// answer; and, for the asked channels the join hook guards, its consent too.
+    fn authenticate(
+        &self,
         token: Option<&str>,
+        wanted: &[(String, Option<Since>)],
+    ) -> Authenticated {
+        let config = &self.hub.0.config;
+        let verified = match token {
+            Some(token) => config.auth.verify(token).map_err(|e| e.to_string()),
+            None if config.allow_anonymous => Ok(Identity::anonymous()),
+            None => Err("token required".to_owned()),
+        };
+        let asked: Vec<String> = wanted.iter().map(|(name, _)| name.clone()).collect();
+        match verified {
+            Ok(identity) => {
+                let guarded = self.guarded_among(&identity, &asked);
+                match self.hub.join_hook(&identity.user, &self.conn.id, guarded) {
+                    None => Authenticated::Now(Ok(identity)),
+                    Some(consent) => {
+                        Authenticated::Later(Box::pin(
+                            async move { consent.await.map(|()| identity) },
+                        ))
+                    }
+                }
+            }
+            Err(why) => {
+                match token.and_then(|t| self.hub.ident_hook(t, &self.conn.id, self.transport)) {
+                    Some(answer) => {
+                        let ops = self.clone();
+                        Authenticated::Later(Box::pin(async move {
+                            let identity = answer.await?;
+                            let guarded = ops.guarded_among(&identity, &asked);
+                            if let Some(consent) =
+                                ops.hub.join_hook(&identity.user, &ops.conn.id, guarded)
+                            {
+                                consent.await?;
+                            }
+                            Ok(identity)
+                        }))
+                    }
+                    None => {
+                        tracing::info!(conn = %self.conn.id, error = %why, "authentication failed");
+                        Authenticated::Now(Err(OpError::new(
+                            4002,
+                            format!("authentication failed: {why}"),
+                        )))
+                    }
+                }
+            }
+        }
+    }
+
+    /// The asked channels the join hook must consent to (those `identity` may otherwise
+    /// join; the rest are refused by [`Self::identify`] without asking).
+    fn guarded_among(&self, identity: &Identity, asked: &[String]) -> Vec<ChannelName> {
+        asked
+            .iter()
+            .filter_map(|name| ChannelName::parse(name).ok())
+            .filter(|c| self.hub.guarded(c) && check_access(identity, c).is_ok())
+            .collect()
+    }
+
+    /// Joins the personal, broadcast, default and asked channels as `identity`, and recovers
+    /// the asked positions. With `reply_id`, the reply is queued ahead of the recovered
+    /// events; either way the result is returned.
+    fn identify(
+        &self,
+        identity: Identity,
         wanted: &[(String, Option<Since>)],
         reply_id: Option<u64>,
     ) -> Result<Identified, OpError> {
         if self.conn.identity.get().is_some() {
             return Err(OpError::bad_frame("already identified"));
         }
+        if self.conn.is_unregistered() {
+            return Err(OpError::new(4500, "the connection is gone"));
+        }
         let config = &self.hub.0.config;
-        let identity = match token {
-            Some(token) => config.auth.verify(token).map_err(|e| e.to_string()),
-            None if config.allow_anonymous => Ok(Identity::anonymous()),
-            None => Err("token required".to_owned()),
-        };
-        let identity = identity.map_err(|why| {
-            tracing::info!(conn = %self.conn.id, error = %why, "authentication failed");
-            OpError::new(4002, format!("authentication failed: {why}"))
-        })?;
         let mut asked: Vec<(ChannelName, Option<&Since>)> = Vec::with_capacity(wanted.len());
         for (name, position) in wanted {
             let channel = parse_channel(name)
@@ -164,7 +308,8 @@ impl Session {
         }
 
         let mut channels = self.hub.lock_channels(&names).map_err(at_capacity)?;
-        let _ = self.conn.identity.set(identity.clone());
+        let (user, expires_at) = (identity.user.clone(), identity.expires_at);
+        let _ = self.conn.identity.set(identity);
         let now = Instant::now();
         let mut room = self.conn.backlog_room();
         let mut positions = BTreeMap::new();
@@ -187,7 +332,7 @@ impl Session {
             );
         }
         let identified = Identified {
-            user: identity.user.to_string(),
+            user: user.to_string(),
             conn: self.conn.id.to_string(),
             node: config.node.to_string(),
             channels: positions,
@@ -199,36 +344,64 @@ impl Session {
         drop(channels);
         self.hub
             .activity(ActivityKind::Connect, &self.conn, None, None);
+        if let Some(at) = expires_at {
+            self.hub.expire_at(&self.conn, at);
+        }
         Ok(identified)
     }
 
-    fn join(&mut self, f: &Frame, identity: &Identity) -> Result<(), OpError> {
-        let name = parse_channel(required(&f.channel, "channel")?)?;
-        check_access(identity, &name)?;
-        if f.presence && name.kind() == ChannelKind::Broadcast {
+    fn join(&self, f: &Frame, identity: &Identity) -> Result<Flow, OpError> {
+        let request = JoinRequest {
+            id: f.id,
+            channel: parse_channel(required(&f.channel, "channel")?)?,
+            since: f.since.as_ref().map(since).transpose()?.flatten(),
+            presence: f.presence,
+        };
+        let name = &request.channel;
+        check_access(identity, name)?;
+        if request.presence && name.kind() == ChannelKind::Broadcast {
             return Err(broadcast_presence_forbidden());
         }
-        let since = f.since.as_ref().map(since).transpose()?.flatten();
+        let member = || self.conn.channels.lock().contains(name);
+        if self.hub.guarded(name) && !member() {
+            if let Some(consent) =
+                self.hub
+                    .join_hook(&identity.user, &self.conn.id, vec![name.clone()])
+            {
+                let ops = self.clone();
+                self.wait_for(async move {
+                    if let Err(err) = consent.await.and_then(|()| ops.join_now(&request)) {
+                        ops.refuse(request.id, &err);
+                    }
+                });
+                return Ok(Flow::Waiting);
+            }
+        }
+        self.join_now(&request).map(|()| Flow::Done)
+    }
+
+    /// A join the token and the hooks allow.
+    fn join_now(&self, request: &JoinRequest) -> Result<(), OpError> {
+        let name = &request.channel;
         if name.kind() == ChannelKind::Ordinary {
             let joined = self.conn.channels.lock();
             let ordinary = joined
                 .iter()
                 .filter(|c| c.kind() == ChannelKind::Ordinary)
                 .count();
-            if !joined.contains(&name) && ordinary >= self.hub.0.config.max_channels_per_connection
-            {
+            if !joined.contains(name) && ordinary >= self.hub.0.config.max_channels_per_connection {
                 return Err(self.too_many_channels());
             }
         }
-        let mut channel = self.hub.lock_channel(&name).map_err(at_capacity)?;
+        let mut channel = self.hub.lock_channel(name).map_err(at_capacity)?;
         self.add_member(&mut channel);
         let mut data = json!({"offset": channel.last_offset, "epoch": &*channel.epoch});
-        if f.presence {
+        if request.presence {
             let (members, total) = self.member_list(&channel);
             data["members"] = json!(members);
             data["total"] = json!(total);
         }
-        match &since {
+        match &request.since {
             Some(since) => {
                 let mut room = self.conn.backlog_room();
                 let mut recovered_frames = Vec::new();
@@ -240,14 +413,22 @@ impl Session {
                     &mut recovered_frames
                 ));
                 // Reply, then recovered events, before any live event: the lock is held.
-                self.reply_with_backlog(f.id, &data, recovered_frames);
+                self.reply_with_backlog(request.id, &data, recovered_frames);
             }
-            None => self.reply(f.id, &data),
+            None => self.reply(request.id, &data),
         }
         Ok(())
     }
 
-    fn leave(&mut self, f: &Frame) -> Result<(), OpError> {
+    /// A channel the join hook guards is read and written by its members only.
+    fn check_guarded_member(&self, name: &ChannelName) -> Result<(), OpError> {
+        if self.hub.guarded(name) && !self.conn.channels.lock().contains(name) {
+            return Err(OpError::forbidden(format!("{name}: join it first")));
+        }
+        Ok(())
+    }
+
+    fn leave(&self, f: &Frame) -> Result<(), OpError> {
         let name = parse_channel(required(&f.channel, "channel")?)?;
         if name.kind() != ChannelKind::Ordinary {
             return Err(OpError::forbidden(format!("cannot leave {name}")));
@@ -263,10 +444,11 @@ impl Session {
         Ok(())
     }
 
-    fn publish(&mut self, f: &Frame, identity: &Identity) -> Result<(), OpError> {
+    fn publish(&self, f: &Frame, identity: &Identity) -> Result<(), OpError> {
         let name = parse_channel(required(&f.channel, "channel")?)?;
         let event = required(&f.event, "event")?;
         check_access(identity, &name)?;
+        self.check_guarded_member(&name)?;
         if !self.hub.rule_for(&name).client_publish {
             return Err(OpError::forbidden(format!(
                 "clients may not publish to {name}"
@@ -305,12 +487,13 @@ impl Session {
         Ok(())
     }
 
-    fn presence(&mut self, f: &Frame, identity: &Identity) -> Result<(), OpError> {
+    fn presence(&self, f: &Frame, identity: &Identity) -> Result<(), OpError> {
         let name = parse_channel(required(&f.channel, "channel")?)?;
         if name.kind() == ChannelKind::Broadcast {
             return Err(broadcast_presence_forbidden());
         }
         check_access(identity, &name)?;
+        self.check_guarded_member(&name)?;
         let (members, total) = self
             .hub
             .lock_existing(&name)
@@ -320,9 +503,10 @@ impl Session {
         Ok(())
     }
 
-    fn history(&mut self, f: &Frame, identity: &Identity) -> Result<(), OpError> {
+    fn history(&self, f: &Frame, identity: &Identity) -> Result<(), OpError> {
         let name = parse_channel(required(&f.channel, "channel")?)?;
         check_access(identity, &name)?;
+        self.check_guarded_member(&name)?;
         let limit = f.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
         let since = f.since.as_ref().map(since).transpose()?.flatten();
         let page = herald_connector_api::Gateway::history(&self.hub, &name, since, limit).map_err(
@@ -358,7 +542,11 @@ impl Session {
             .insert(self.conn.key, self.conn.clone())
             .is_none()
         {
-            self.conn.channels.lock().insert(channel.name.clone());
+            if !self.conn.add_channel(&channel.name) {
+                // Gone from the hub while a hook was asked: it must not stay a member.
+                channel.members.swap_remove(&self.conn.key);
+                return;
+            }
             self.hub.notify_membership(channel, "joined", &self.conn);
         }
     }
@@ -409,25 +597,47 @@ impl Session {
 
 impl ClientSession for Session {
     fn conn_id(&self) -> &str {
-        &self.conn.id
+        &self.0.conn.id
     }
 
-    fn ident(&mut self, request: IdentRequest) -> Result<Identified, IdentRefused> {
-        self.identify(request.token.as_deref(), &request.channels, None)
-            .map_err(|e| IdentRefused {
-                code: e.code,
-                message: e.message,
-            })
+    fn ident(&mut self, request: IdentRequest) -> IdentFuture<'_> {
+        let ops = &self.0;
+        Box::pin(async move {
+            let identity = if ops.conn.identity.get().is_some() {
+                Err(OpError::bad_frame("already identified"))
+            } else {
+                match ops.authenticate(request.token.as_deref(), &request.channels) {
+                    Authenticated::Now(identity) => identity,
+                    Authenticated::Later(pending) => pending.await,
+                }
+            };
+            identity
+                .and_then(|identity| ops.identify(identity, &request.channels, None))
+                .map_err(|e| IdentRefused {
+                    code: e.code,
+                    message: e.message,
+                })
+        })
     }
 
     fn handle_text(&mut self, text: &str) {
+        let ops = &self.0;
         for frame in frame::split_frames(text) {
-            if self.conn.is_ending() {
+            if ops.conn.is_ending() {
                 break;
             }
-            match frame {
-                Ok(raw) => self.handle_frame(raw),
-                Err(err) => self.refuse(None, &err),
+            match frame.map(|raw| (raw, ops.conn.hold(raw))) {
+                Ok((raw, Held::No)) => drop(ops.handle_frame(raw)),
+                Ok((_, Held::Yes)) => {}
+                Ok((_, Held::Full)) => {
+                    ops.hub.metrics().limit_hit("held_frames");
+                    let err = OpError::new(
+                        4029,
+                        format!("more than {MAX_HELD_FRAMES} frames wait for the auth backend"),
+                    );
+                    ops.refuse(None, &err);
+                }
+                Err(err) => ops.refuse(None, &err),
             }
         }
     }
@@ -435,7 +645,7 @@ impl ClientSession for Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.hub.unregister(&self.conn);
+        self.0.hub.unregister(&self.0.conn);
     }
 }
 

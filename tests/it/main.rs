@@ -4,6 +4,7 @@ mod support;
 
 mod activity;
 mod amqp;
+mod auth_hooks;
 mod bounds;
 mod cors;
 mod filetail;

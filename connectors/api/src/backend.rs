@@ -1,7 +1,8 @@
-//! What the core asks of backends: answering clients' `rpc` calls ([`RpcBackend`]) and
-//! hearing what clients do ([`ActivitySink`]). Neither may make a client frame wait: an rpc
-//! runs in a task of its own and its reply is queued when it comes; activity is handed over
-//! without blocking.
+//! What the core asks of backends: answering clients' `rpc` calls ([`RpcBackend`]), hearing
+//! what clients do ([`ActivitySink`]), and deciding who a client is and where it may go when
+//! the backend issues no JWTs ([`AuthHooks`]). None may make a client frame wait: an rpc or a
+//! hook call runs in a task of its own and its answer is applied when it comes; activity is
+//! handed over without blocking.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -152,6 +153,43 @@ impl Activity {
 pub trait ActivitySink: Send + Sync + 'static {
     /// Hands one activity over.
     fn record(&self, activity: Activity);
+}
+
+/// Who an ident hook says a token's holder is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookIdentity {
+    /// The user id.
+    pub user: String,
+    /// Channel patterns (`*` wildcard) the user may join; `None`: every ordinary channel.
+    pub channels: Option<Vec<String>>,
+    /// When the identity stops being valid; the connection is ended with 4002 then.
+    pub expires_at: Option<SystemTime>,
+}
+
+/// Why a hook said no, or could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HookError {
+    /// The backend answered, and refused: its reason.
+    #[error("{0}")]
+    Denied(String),
+    /// The backend could not be asked or answered nonsense; Herald denies, never allows.
+    #[error("auth backend unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// An ident hook call in flight.
+pub type IdentHookFuture = Pin<Box<dyn Future<Output = Result<HookIdentity, HookError>> + Send>>;
+/// A join hook call in flight; `Ok` allows.
+pub type JoinHookFuture = Pin<Box<dyn Future<Output = Result<(), HookError>> + Send>>;
+
+/// The backend's say on identities and joins (HTTP hooks). Implementations bound each call in
+/// time and may cache answers; the core only awaits them, off the client's frame path.
+pub trait AuthHooks: Send + Sync + 'static {
+    /// Asks who holds `token` (for the connection `conn` on `transport`).
+    fn ident(&self, token: &str, conn: &str, transport: &str) -> IdentHookFuture;
+    /// Asks whether `user` on `conn` may join `channel`; the core asks only for channels
+    /// its configured patterns guard.
+    fn join(&self, user: &str, conn: &str, channel: &str) -> JoinHookFuture;
 }
 
 #[cfg(test)]

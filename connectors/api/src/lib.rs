@@ -15,7 +15,7 @@
 //! - [`session`]: the transport seam: one client connection, its inbound frames and its outbox.
 //! - [`queue`]: the outbox: a bounded, lazily allocated frame queue, then the disconnect.
 //! - [`connector`]: the trait inbound sources implement, and their context.
-//! - [`backend`]: what the core asks of backends: rpc answers, activity.
+//! - [`backend`]: what the core asks of backends: rpc answers, activity, auth hooks.
 //! - [`activity`]: activity out through any broker: a bounded queue, debounce.
 
 pub mod activity;
@@ -32,7 +32,8 @@ pub mod session;
 
 pub use activity::{activity_queue, ActivityPublisher, ActivityTransport, QueuedActivity};
 pub use backend::{
-    rpc_answer, Activity, ActivityKind, ActivitySink, RpcBackend, RpcCall, RpcError, RpcFuture,
+    rpc_answer, Activity, ActivityKind, ActivitySink, AuthHooks, HookError, HookIdentity,
+    IdentHookFuture, JoinHookFuture, RpcBackend, RpcCall, RpcError, RpcFuture,
 };
 pub use channel::{check_user_id, ChannelKind, ChannelName, ChannelNameError};
 pub use compact::CompactJson;
@@ -52,6 +53,6 @@ pub use queue::{
     Received,
 };
 pub use session::{
-    ChannelPosition, ClientSession, Disconnect, IdentRefused, IdentRequest, Identified, OpenError,
-    PeerInfo, SessionHub,
+    ChannelPosition, ClientSession, Disconnect, IdentFuture, IdentRefused, IdentRequest,
+    Identified, OpenError, PeerInfo, SessionHub,
 };

@@ -7,7 +7,9 @@
 //! Protocol logic lives entirely in the core, so a new transport only moves bytes.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -66,13 +68,17 @@ pub trait ClientSession: Send {
     /// Identifies the connection and joins (and recovers) `request.channels`, as the `ident`
     /// op does, but answers the transport directly instead of queueing a reply: for
     /// transports that must refuse before anything flows (SSE answers 401/403 as plain
-    /// HTTP). Recovered events are queued in the outbox, ahead of any live event.
+    /// HTTP). Recovered events are queued in the outbox, ahead of any live event. It may
+    /// wait for the backend (auth hooks), so it is awaited.
     ///
-    /// # Errors
-    /// [`IdentRefused`] with the contract's code (4002 bad token, 4003 forbidden channel,
-    /// 4000 bad channel name, 4503 at capacity).
-    fn ident(&mut self, request: IdentRequest) -> Result<Identified, IdentRefused>;
+    /// The future fails with [`IdentRefused`] and the contract's code (4002 bad token, 4003
+    /// forbidden channel, 4000 bad channel name, 4503 at capacity).
+    fn ident(&mut self, request: IdentRequest) -> IdentFuture<'_>;
 }
+
+/// An [`ClientSession::ident`] on its way.
+pub type IdentFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Identified, IdentRefused>> + Send + 'a>>;
 
 /// What an `ident` asks for.
 #[derive(Debug, Clone, Default)]

@@ -150,6 +150,7 @@ async fn stream(
         })?;
     let identified = session
         .ident(IdentRequest { token, channels })
+        .await
         .map_err(|refused| Refusal {
             status: match refused.code {
                 4002 => StatusCode::UNAUTHORIZED,
