@@ -50,6 +50,10 @@ fn hub() -> Hub {
         },
         max_connections: 1_000_000,
         max_channels_per_connection: 128,
+        rates: herald::hub::RateLimits {
+            frames_per_second: u32::MAX,
+            publishes_per_second: u32::MAX,
+        },
         max_channels: 1_000_000,
         max_envelope_targets: 10_000,
         max_presence_members: 1000,

@@ -164,6 +164,13 @@ pub struct Cli {
     /// Most ordinary channels one connection may join [default: 128].
     #[arg(long, env = "HERALD_MAX_CHANNELS_PER_CONNECTION", value_name = "N")]
     pub max_channels_per_connection: Option<usize>,
+    /// Client frames one connection may send per second, in bursts of as many; more are
+    /// answered 4029, and a connection that keeps at it is disconnected [default: 500].
+    #[arg(long, env = "HERALD_MAX_FRAMES_PER_SECOND", value_name = "N")]
+    pub max_frames_per_second: Option<usize>,
+    /// Client `publish` ops one connection may send per second [default: 100].
+    #[arg(long, env = "HERALD_MAX_PUBLISHES_PER_SECOND", value_name = "N")]
+    pub max_publishes_per_second: Option<usize>,
     /// How long an idempotency key is remembered [default: 2m].
     #[arg(long, env = "HERALD_DEDUP_WINDOW", value_name = "DURATION")]
     pub dedup_window: Option<String>,
@@ -235,6 +242,8 @@ struct FileConfig {
     header_timeout: Option<String>,
     max_connections: Option<usize>,
     max_channels_per_connection: Option<usize>,
+    max_frames_per_second: Option<usize>,
+    max_publishes_per_second: Option<usize>,
     dedup_window: Option<String>,
     shutdown_grace: Option<String>,
     node: Option<String>,
@@ -400,6 +409,10 @@ pub struct Config {
     pub max_connections: usize,
     /// Most ordinary channels per connection.
     pub max_channels_per_connection: usize,
+    /// Client frames per second per connection.
+    pub max_frames_per_second: usize,
+    /// Client publishes per second per connection.
+    pub max_publishes_per_second: usize,
     /// Idempotency window.
     pub dedup_window: Duration,
     /// How long shutdown waits.
@@ -753,6 +766,17 @@ impl Config {
                 cli.max_channels_per_connection
                     .or(file.max_channels_per_connection),
                 128,
+            ),
+            max_frames_per_second: p.positive(
+                "max_frames_per_second",
+                cli.max_frames_per_second.or(file.max_frames_per_second),
+                500,
+            ),
+            max_publishes_per_second: p.positive(
+                "max_publishes_per_second",
+                cli.max_publishes_per_second
+                    .or(file.max_publishes_per_second),
+                100,
             ),
             dedup_window: p.duration("dedup_window", cli.dedup_window.or(file.dedup_window), "2m"),
             shutdown_grace: p.duration(

@@ -180,6 +180,11 @@ pub fn prepare(config: Config, listener: std::net::TcpListener) -> Result<Prepar
             },
             max_connections: config.max_connections,
             max_channels_per_connection: config.max_channels_per_connection,
+            rates: hub::RateLimits {
+                frames_per_second: u32::try_from(config.max_frames_per_second).unwrap_or(u32::MAX),
+                publishes_per_second: u32::try_from(config.max_publishes_per_second)
+                    .unwrap_or(u32::MAX),
+            },
             max_channels: config.max_channels,
             max_envelope_targets: config.max_envelope_targets,
             max_presence_members: config.max_presence_members,

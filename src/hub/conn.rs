@@ -50,6 +50,8 @@ pub struct Conn {
     unregistered: AtomicBool,
     /// While an auth hook's answer is awaited: the frames that came after, in order.
     held: Mutex<Option<VecDeque<Box<str>>>>,
+    /// Rate limits on the client's frames and publishes.
+    pub rates: super::rate::Buckets,
     frames_tx: FrameSender,
 }
 
@@ -86,6 +88,7 @@ impl Conn {
             rpc_in_flight: AtomicUsize::new(0),
             unregistered: AtomicBool::new(false),
             held: Mutex::new(None),
+            rates: super::rate::Buckets::default(),
             frames_tx,
         };
         (Arc::new(conn), outbox)

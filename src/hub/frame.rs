@@ -96,13 +96,17 @@ pub fn parse_frame(raw: &str) -> Result<Frame, (Option<u64>, OpError)> {
                 _ => e.to_string(),
             };
             // Only a refused frame is read a second time, and only for its id.
-            let id = serde_json::from_str::<Head>(raw)
-                .ok()
-                .and_then(|h| h.id?.as_u64())
-                .filter(|&id| id > 0);
-            Err((id, OpError::bad_frame(message)))
+            Err((id_of(raw), OpError::bad_frame(message)))
         }
     }
+}
+
+/// A frame's `id` alone, for refusing it without parsing the rest.
+pub fn id_of(raw: &str) -> Option<u64> {
+    serde_json::from_str::<Head>(raw)
+        .ok()
+        .and_then(|h| h.id?.as_u64())
+        .filter(|&id| id > 0)
 }
 
 /// A field an op needs.

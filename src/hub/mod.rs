@@ -28,6 +28,7 @@
 //! - [`dedup`], [`auth_deadline`]: the idempotency window; the `ident` deadline.
 //! - [`backends`]: calls out: clients' `rpc`, client activity.
 //! - [`hooks`]: the backend's auth hooks on the client path: idents and guarded joins.
+//! - [`rate`]: per-connection rate limits on client frames and publishes.
 
 mod auth_deadline;
 mod backends;
@@ -39,6 +40,7 @@ mod fanout;
 mod frame;
 mod gateway;
 mod hooks;
+mod rate;
 mod session;
 
 use std::collections::BTreeMap;
@@ -59,6 +61,7 @@ pub use backends::{Backends, RpcSetup};
 pub use channel::ChannelRule;
 pub use event::EventBody;
 pub use hooks::AuthSetup;
+pub use rate::RateLimits;
 
 use crate::auth::Auth;
 use crate::metrics::Metrics;
@@ -99,6 +102,8 @@ pub struct HubConfig {
     pub max_connections: usize,
     /// Most channels one connection may be in (personal and broadcast not counted).
     pub max_channels_per_connection: usize,
+    /// Client frames and publishes per second per connection.
+    pub rates: RateLimits,
     /// Most channels (with members or history) the hub holds.
     pub max_channels: usize,
     /// Most targets (channels + users + broadcast) one envelope may name.
@@ -163,6 +168,12 @@ impl Hub {
             auth_deadlines,
             backends: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Milliseconds since the hub started, wrapping: the clock of the rate limits.
+    fn clock_ms(&self) -> u32 {
+        // Truncation is the wrap: buckets only ever compare nearby readings.
+        self.0.started.elapsed().as_millis() as u32
     }
 
     /// The metrics this hub updates.
@@ -475,6 +486,10 @@ mod tests {
             },
             max_connections,
             max_channels_per_connection: 10,
+            rates: RateLimits {
+                frames_per_second: 1000,
+                publishes_per_second: 1000,
+            },
             max_channels: 1000,
             max_envelope_targets: 100,
             max_presence_members: 100,

@@ -17,6 +17,7 @@ use super::event::{EventBody, From};
 use super::fanout::Skip;
 use super::frame::{self, required, Frame, OpError, Position};
 use super::hooks::Pending;
+use super::rate::Rate;
 use super::{Hub, MAX_HISTORY_LIMIT};
 use crate::auth::Identity;
 
@@ -77,6 +78,18 @@ impl Ops {
             self.refuse(id, &err);
             Flow::Done
         })
+    }
+
+    /// 4029 for a frame or a publish over its rate.
+    fn refuse_rate(&self, id: Option<u64>, what: &str) {
+        let rates = self.hub.0.config.rates;
+        let (key, per_second) = match what {
+            "frames" => ("max_frames_per_second", rates.frames_per_second),
+            _ => ("max_publishes_per_second", rates.publishes_per_second),
+        };
+        self.hub.metrics().limit_hit(key);
+        let message = format!("rate limited: more than {per_second} {what} per second");
+        self.refuse(id, &OpError::new(4029, message));
     }
 
     fn refuse(&self, id: Option<u64>, err: &OpError) {
@@ -449,6 +462,15 @@ impl Ops {
         let event = required(&f.event, "event")?;
         check_access(identity, &name)?;
         self.check_guarded_member(&name)?;
+        if self
+            .conn
+            .rates
+            .publish(self.hub.0.config.rates, self.hub.clock_ms())
+            != Rate::Allowed
+        {
+            self.refuse_rate(f.id, "publishes");
+            return Ok(());
+        }
         if !self.hub.rule_for(&name).client_publish {
             return Err(OpError::forbidden(format!(
                 "clients may not publish to {name}"
@@ -625,6 +647,29 @@ impl ClientSession for Session {
         for frame in frame::split_frames(text) {
             if ops.conn.is_ending() {
                 break;
+            }
+            if let Ok(raw) = frame {
+                match ops
+                    .conn
+                    .rates
+                    .frame(ops.hub.0.config.rates, ops.hub.clock_ms())
+                {
+                    Rate::Allowed => {}
+                    Rate::Refused => {
+                        ops.refuse_rate(frame::id_of(raw), "frames");
+                        continue;
+                    }
+                    Rate::Abusive => {
+                        ops.hub.metrics().limit_hit("max_frames_per_second");
+                        tracing::info!(conn = %ops.conn.id, "rate limited again and again: disconnected");
+                        ops.conn.end(Disconnect::new(
+                            4029,
+                            "rate limited: too many frames, again and again",
+                            true,
+                        ));
+                        break;
+                    }
+                }
             }
             match frame.map(|raw| (raw, ops.conn.hold(raw))) {
                 Ok((raw, Held::No)) => drop(ops.handle_frame(raw)),

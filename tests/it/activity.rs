@@ -119,7 +119,10 @@ async fn a_quick_reconnect_is_reported_once() {
 async fn fan_out_does_not_wait_when_nats_cannot_take_activity() {
     const PUBLISHES: usize = 5_000;
     let mut nats = NatsServer::start().await;
-    let gw = start_with(&[], Some(&config(&nats, "events_queue = 16\n"))).await;
+    // The writer publishes as fast as it can: the rate limits are not what is tested here.
+    let limits = "max_frames_per_second = 1000000\nmax_publishes_per_second = 1000000\n";
+    let config = format!("{limits}{}", config(&nats, "events_queue = 16\n"));
+    let gw = start_with(&[], Some(&config)).await;
     gw.wait_readyz(200).await;
     let mut reader = gw.client("reader").await;
     assert_eq!(

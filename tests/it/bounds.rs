@@ -351,3 +351,80 @@ async fn the_config_file_takes_every_bound() {
     assert_eq!(status, 413);
     gw.stop().await;
 }
+
+/// `n` pings with ids from `from`, as one message.
+fn pings(from: u64, n: u64) -> String {
+    (from..from + n)
+        .map(|id| json!({"op": "ping", "id": id}).to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn frames_and_publishes_are_rate_limited_and_a_flood_is_disconnected() {
+    let config = "max_frames_per_second = 20\nmax_publishes_per_second = 5\n\
+                  [[channels]]\npattern = \"chat:*\"\nclient_publish = true\n";
+    let gw = start_with(&[], Some(config)).await;
+    let (mut client, reply) = ident(&gw, "ann").await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    // A burst of 30: the bucket held 19 (ident took one), the rest are refused, each by id.
+    client.send_text(&pings(100, 30)).await;
+    let mut refused = Vec::new();
+    for _ in 0..30 {
+        let frame = client.next().await;
+        if frame["code"] == 4029 {
+            refused.push(frame["id"].as_u64().unwrap());
+        } else {
+            assert_eq!(frame["ok"], true, "{frame}");
+        }
+    }
+    assert_eq!(
+        refused,
+        (119..130).collect::<Vec<_>>(),
+        "the last 11 are over the rate"
+    );
+    // A second later the bucket has refilled.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let reply = client.request(json!({"op": "ping"})).await;
+    assert_eq!(reply["ok"], true, "{reply}");
+
+    // Publishes have their own, smaller rate.
+    let publish = |n: u64| {
+        (0..n)
+            .map(|i| json!({"op": "publish", "id": 1000 + i, "channel": "chat:a", "event": "e", "data": i}).to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    client.send_text(&publish(8)).await;
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        let frame = client.next().await;
+        codes.push(frame["code"].as_u64().unwrap_or(0));
+    }
+    assert_eq!(codes, [0, 0, 0, 0, 0, 4029, 4029, 4029], "5 per second");
+
+    // A flood past a second's worth of refusals ends the connection.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    client.send_text(&pings(2000, 100)).await;
+    let (frame, close) = loop {
+        let frame = client.next().await;
+        if frame["op"] == "disconnect" {
+            let _ = client.try_next(Duration::from_secs(2)).await;
+            break (frame, client.expect_closed_code());
+        }
+    };
+    assert_eq!(
+        (frame["code"].as_u64(), close),
+        (Some(4029), 4029),
+        "{frame}"
+    );
+    assert_eq!(frame["reconnect"], true, "{frame}");
+    let metrics = gw.metrics().await;
+    for limit in ["max_frames_per_second", "max_publishes_per_second"] {
+        assert!(
+            metrics.contains(&format!("herald_limit_hits_total{{limit=\"{limit}\"}}")),
+            "{limit} is counted"
+        );
+    }
+    gw.stop().await;
+}

@@ -173,6 +173,14 @@ impl Client {
         (frame, code)
     }
 
+    /// The close code the server sent, once the socket closed.
+    pub fn expect_closed_code(&self) -> u16 {
+        match &self.closed {
+            Some(Some(close)) => u16::from(close.code),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+
     /// Closes the connection from the client side.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
