@@ -81,6 +81,21 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub jwt_secret: Option<String>,
+    /// PEM public key that also verifies client tokens: RSA (RS256) or EC P-256 (ES256).
+    #[arg(long, env = "HERALD_JWT_PUBLIC_KEY", value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// JWKS file whose keys also verify client tokens, each by its `kid` and its own `alg`.
+    #[arg(long, env = "HERALD_JWT_JWKS", value_name = "FILE")]
+    pub jwt_jwks: Option<PathBuf>,
+    /// When set, a token's `aud` must name it.
+    #[arg(long, env = "HERALD_JWT_AUDIENCE", value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+    /// When set, a token's `iss` must be it.
+    #[arg(long, env = "HERALD_JWT_ISSUER", value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+    /// Refuse tokens without `exp`.
+    #[arg(long, env = "HERALD_JWT_REQUIRE_EXP", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub jwt_require_exp: Option<bool>,
     /// Accept `ident` without a token.
     #[arg(long, env = "HERALD_ALLOW_ANONYMOUS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub allow_anonymous: Option<bool>,
@@ -220,6 +235,11 @@ struct FileConfig {
     listen: Option<String>,
     api_key: Option<String>,
     jwt_secret: Option<String>,
+    jwt_public_key: Option<PathBuf>,
+    jwt_jwks: Option<PathBuf>,
+    jwt_audience: Option<String>,
+    jwt_issuer: Option<String>,
+    jwt_require_exp: Option<bool>,
     allow_anonymous: Option<bool>,
     auth_timeout: Option<String>,
     cors_origins: Option<Vec<String>>,
@@ -349,6 +369,8 @@ pub struct Config {
     pub api_key: Option<Secret>,
     /// JWT secret; generated at start when `None`.
     pub jwt_secret: Option<Secret>,
+    /// Public keys and claim rules for client tokens, checked at load.
+    pub jwt: crate::auth::JwtOptions,
     /// Accept `ident` without a token.
     pub allow_anonymous: bool,
     /// How long a connection may stay unidentified.
@@ -524,6 +546,25 @@ impl Config {
         };
         let api_key = secret(p, "api_key", cli.api_key.or(file.api_key));
         let jwt_secret = secret(p, "jwt_secret", cli.jwt_secret.or(file.jwt_secret));
+        let mut read_key = |key: &'static str, path: Option<PathBuf>| {
+            let path = path?;
+            std::fs::read_to_string(&path)
+                .map_err(|e| p.add(key, format!("cannot read {}: {e}", path.display())))
+                .ok()
+        };
+        let jwt = crate::auth::JwtOptions {
+            public_key_pem: read_key("jwt_public_key", cli.jwt_public_key.or(file.jwt_public_key)),
+            jwks: read_key("jwt_jwks", cli.jwt_jwks.or(file.jwt_jwks)),
+            audience: cli.jwt_audience.or(file.jwt_audience),
+            issuer: cli.jwt_issuer.or(file.jwt_issuer),
+            require_exp: cli
+                .jwt_require_exp
+                .or(file.jwt_require_exp)
+                .unwrap_or(false),
+        };
+        if let Err(e) = crate::auth::Auth::with_options("", jwt.clone()) {
+            p.add(e.key, e.message);
+        }
 
         let cors_origins = if cli.cors_origins.is_empty() {
             file.cors_origins.unwrap_or_default()
@@ -681,6 +722,7 @@ impl Config {
             listen,
             api_key,
             jwt_secret,
+            jwt,
             allow_anonymous: cli
                 .allow_anonymous
                 .or(file.allow_anonymous)

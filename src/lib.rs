@@ -60,6 +60,9 @@ pub enum RunError {
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// The configured token keys are unusable.
+    #[error(transparent)]
+    Keys(#[from] auth::KeyError),
     /// A backend (rpc, activity) could not be set up.
     #[error(transparent)]
     Backend(#[from] connectors::BackendError),
@@ -166,7 +169,7 @@ pub fn prepare(config: Config, listener: std::net::TcpListener) -> Result<Prepar
     let hub = Hub::new(
         HubConfig {
             node,
-            auth: Auth::new(&jwt_secret.0),
+            auth: Auth::with_options(&jwt_secret.0, config.jwt.clone())?,
             allow_anonymous: config.allow_anonymous,
             auth_timeout: config.auth_timeout,
             default_channels: config.default_channels.clone(),

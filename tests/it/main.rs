@@ -10,6 +10,7 @@ mod cors;
 mod filetail;
 mod framing;
 mod http_api;
+mod jwt;
 mod longpoll;
 mod nats;
 mod process;
