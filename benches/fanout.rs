@@ -54,6 +54,9 @@ fn hub() -> Hub {
             frames_per_second: u32::MAX,
             publishes_per_second: u32::MAX,
         },
+        trusted_proxies: Default::default(),
+        max_connections_per_ip: 0,
+        max_connections_per_user: 0,
         max_channels: 1_000_000,
         max_envelope_targets: 10_000,
         max_presence_members: 1000,
@@ -72,6 +75,7 @@ fn members(hub: &Hub, n: usize) -> Vec<(Box<dyn ClientSession>, Outbox)> {
                 .open(PeerInfo {
                     transport: "bench",
                     remote: None,
+                    forwarded: None,
                     event_meta: false,
                 })
                 .expect("open");

@@ -112,6 +112,25 @@ pub struct Cli {
         value_name = "ORIGIN"
     )]
     pub cors_origins: Vec<String>,
+    /// Proxy whose `X-Forwarded-For` / `Forwarded` header names the client (an address or a
+    /// network like 10.0.0.0/8; repeatable, or comma-separated in the variable). None by
+    /// default: the socket's address is the client's.
+    #[arg(
+        long = "trusted-proxy",
+        alias = "trusted-proxies",
+        env = "HERALD_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_name = "ADDR_OR_NET"
+    )]
+    pub trusted_proxies: Vec<String>,
+    /// Connections one client address may hold; more are refused with 503 [default: 0, no
+    /// limit].
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Connections one user may hold; an `ident` past it is refused with 4029 [default: 0,
+    /// no limit].
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER", value_name = "N")]
+    pub max_connections_per_user: Option<usize>,
     /// Channels every connection joins at ident (comma-separated).
     #[arg(
         long,
@@ -243,6 +262,9 @@ struct FileConfig {
     allow_anonymous: Option<bool>,
     auth_timeout: Option<String>,
     cors_origins: Option<Vec<String>>,
+    trusted_proxies: Option<Vec<String>>,
+    max_connections_per_ip: Option<usize>,
+    max_connections_per_user: Option<usize>,
     default_channels: Option<Vec<String>>,
     history_size: Option<usize>,
     history_ttl: Option<String>,
@@ -377,6 +399,12 @@ pub struct Config {
     pub auth_timeout: Duration,
     /// Allowed origins; `*` allows any.
     pub cors_origins: Vec<String>,
+    /// Proxies whose forwarding headers name the client.
+    pub trusted_proxies: crate::peer::TrustedProxies,
+    /// Connections per client address; 0: no limit.
+    pub max_connections_per_ip: usize,
+    /// Connections per user; 0: no limit.
+    pub max_connections_per_user: usize,
     /// Joined by every connection at ident.
     pub default_channels: Vec<ChannelName>,
     /// TLS, or plain HTTP when `None`.
@@ -571,6 +599,18 @@ impl Config {
         } else {
             cli.cors_origins
         };
+        let proxies = if cli.trusted_proxies.is_empty() {
+            file.trusted_proxies.unwrap_or_default()
+        } else {
+            cli.trusted_proxies
+        };
+        let trusted_proxies = crate::peer::TrustedProxies::parse(&proxies).unwrap_or_else(|bad| {
+            p.add(
+                "trusted_proxies",
+                format!("{bad:?} is not an address or a network like 10.0.0.0/8"),
+            );
+            crate::peer::TrustedProxies::default()
+        });
         for (i, origin) in cors_origins.iter().enumerate() {
             if let Err(why) = check_origin(origin) {
                 p.add(format!("cors_origins[{i}]"), why);
@@ -733,6 +773,15 @@ impl Config {
                 "10s",
             ),
             cors_origins,
+            trusted_proxies,
+            max_connections_per_ip: cli
+                .max_connections_per_ip
+                .or(file.max_connections_per_ip)
+                .unwrap_or(0),
+            max_connections_per_user: cli
+                .max_connections_per_user
+                .or(file.max_connections_per_user)
+                .unwrap_or(0),
             default_channels,
             tls,
             channel_rules,

@@ -11,6 +11,7 @@
 //! - [`auth`]: JWT verification; [`pattern`]: `*` globs for channel rules and token scopes.
 //! - [`http`]: the one HTTP(S) app: routers merged, CORS, Origin checks, probes.
 //! - [`tls`]: rustls server config from files or a self-signed certificate.
+//! - [`peer`]: the client's address, through trusted proxies.
 //! - [`accept`]: the first-byte deadline every new connection passes.
 //! - [`connectors`]: starts the inbound connectors (NATS) the configuration names.
 //! - [`metrics`]: Prometheus counters.
@@ -24,6 +25,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod pattern;
+pub mod peer;
 pub mod tls;
 
 use std::future::Future;
@@ -183,6 +185,9 @@ pub fn prepare(config: Config, listener: std::net::TcpListener) -> Result<Prepar
             },
             max_connections: config.max_connections,
             max_channels_per_connection: config.max_channels_per_connection,
+            trusted_proxies: config.trusted_proxies.clone(),
+            max_connections_per_ip: config.max_connections_per_ip,
+            max_connections_per_user: config.max_connections_per_user,
             rates: hub::RateLimits {
                 frames_per_second: u32::try_from(config.max_frames_per_second).unwrap_or(u32::MAX),
                 publishes_per_second: u32::try_from(config.max_publishes_per_second)
@@ -289,7 +294,7 @@ impl Prepared {
         tracker.spawn(longpoll.run_sweeper(token.child_token()));
         let local = listener.local_addr()?;
         let handle = axum_server::Handle::new();
-        let service = app.into_make_service();
+        let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let server = axum_server::from_tcp(listener)?.handle(handle.clone());
         // Events are small frames written as they happen: with Nagle's algorithm on, one
         // waits for the ACK of the previous, which the client may delay by up to 40 ms.

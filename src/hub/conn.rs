@@ -52,6 +52,10 @@ pub struct Conn {
     held: Mutex<Option<VecDeque<Box<str>>>>,
     /// Rate limits on the client's frames and publishes.
     pub rates: super::rate::Buckets,
+    /// The client's address, when known: its count in the hub goes when the connection does.
+    pub ip: Option<std::net::IpAddr>,
+    /// The user whose `max_connections_per_user` this connection counts towards.
+    pub counted_user: OnceLock<Arc<str>>,
     frames_tx: FrameSender,
 }
 
@@ -76,6 +80,7 @@ impl Conn {
         id: Arc<str>,
         limits: OutboxLimits,
         event_meta: bool,
+        ip: Option<std::net::IpAddr>,
     ) -> (Arc<Self>, Outbox) {
         let (frames_tx, outbox) = outbox(limits);
         let conn = Self {
@@ -89,6 +94,8 @@ impl Conn {
             unregistered: AtomicBool::new(false),
             held: Mutex::new(None),
             rates: super::rate::Buckets::default(),
+            ip,
+            counted_user: OnceLock::new(),
             frames_tx,
         };
         (Arc::new(conn), outbox)
@@ -169,6 +176,18 @@ impl Conn {
             return false;
         }
         channels.insert(channel.clone());
+        true
+    }
+
+    /// Records that this connection counts for `user`, unless it has left the hub (then the
+    /// caller gives the count back): under the lock [`Self::unregister`] takes, so the hub
+    /// either sees the record when the connection goes or is told here.
+    pub fn count_for(&self, user: Arc<str>) -> bool {
+        let _channels = self.channels.lock();
+        if self.unregistered.load(Ordering::Acquire) {
+            return false;
+        }
+        let _ = self.counted_user.set(user);
         true
     }
 

@@ -104,6 +104,12 @@ pub struct HubConfig {
     pub max_channels_per_connection: usize,
     /// Client frames and publishes per second per connection.
     pub rates: RateLimits,
+    /// Proxies whose forwarding headers name the client.
+    pub trusted_proxies: crate::peer::TrustedProxies,
+    /// Connections per client address; 0: no limit.
+    pub max_connections_per_ip: usize,
+    /// Connections per user; 0: no limit.
+    pub max_connections_per_user: usize,
     /// Most channels (with members or history) the hub holds.
     pub max_channels: usize,
     /// Most targets (channels + users + broadcast) one envelope may name.
@@ -132,12 +138,38 @@ struct Inner {
     /// cannot overshoot `max_connections`.
     admitted: AtomicUsize,
     conns: DashMap<Arc<str>, Arc<Conn>>,
+    /// Connections per client address, when `max_connections_per_ip` is set.
+    per_ip: DashMap<std::net::IpAddr, usize>,
+    /// Identified connections per user, when `max_connections_per_user` is set.
+    per_user: DashMap<Arc<str>, usize>,
     /// Channels in the table; reserved before one is created, like `admitted`.
     channel_count: AtomicUsize,
     channels: DashMap<ChannelName, Arc<Mutex<Channel>>>,
     dedup: Dedup,
     auth_deadlines: AuthDeadlines,
     backends: std::sync::OnceLock<Backends>,
+}
+
+/// Adds one to `key`'s count in `counts` unless it is at `max`.
+fn reserve_in<K: std::hash::Hash + Eq + Clone>(
+    counts: &DashMap<K, usize>,
+    key: K,
+    max: usize,
+) -> bool {
+    let mut count = counts.entry(key).or_insert(0);
+    if *count >= max {
+        return false;
+    }
+    *count += 1;
+    true
+}
+
+/// Takes one from `key`'s count, forgetting the key at zero.
+fn release_in<K: std::hash::Hash + Eq>(counts: &DashMap<K, usize>, key: &K) {
+    counts.remove_if_mut(key, |_, count| {
+        *count = count.saturating_sub(1);
+        *count == 0
+    });
 }
 
 /// Adds one to `counter` unless it is at `max`.
@@ -162,12 +194,36 @@ impl Hub {
             shutting_down: AtomicBool::new(false),
             admitted: AtomicUsize::new(0),
             conns: DashMap::new(),
+            per_ip: DashMap::new(),
+            per_user: DashMap::new(),
             channel_count: AtomicUsize::new(0),
             channels: DashMap::new(),
             dedup,
             auth_deadlines,
             backends: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Counts `conn` towards its user's `max_connections_per_user`, when that is set.
+    ///
+    /// # Errors
+    /// 4029 when the user has as many connections as it may.
+    fn count_for_user(&self, conn: &Conn, user: &Arc<str>) -> Result<(), frame::OpError> {
+        let max = self.0.config.max_connections_per_user;
+        if max == 0 || user.is_empty() || conn.counted_user.get().is_some() {
+            return Ok(());
+        }
+        if !reserve_in(&self.0.per_user, user.clone(), max) {
+            self.0.metrics.limit_hit("max_connections_per_user");
+            return Err(frame::OpError::new(
+                4029,
+                format!("too many connections: {user} has {max}"),
+            ));
+        }
+        if !conn.count_for(user.clone()) {
+            release_in(&self.0.per_user, user);
+        }
+        Ok(())
     }
 
     /// Milliseconds since the hub started, wrapping: the clock of the rate limits.
@@ -315,7 +371,14 @@ impl Hub {
             self.0.admitted.fetch_sub(1, Ordering::AcqRel);
             self.0.metrics.connections.dec();
         }
-        for name in conn.unregister() {
+        if let Some(ip) = &conn.ip {
+            release_in(&self.0.per_ip, ip);
+        }
+        let channels = conn.unregister();
+        if let Some(user) = conn.counted_user.get() {
+            release_in(&self.0.per_user, user);
+        }
+        for name in channels {
             let Some(arc) = self.0.channels.get(&name).map(|c| c.clone()) else {
                 continue;
             };
@@ -424,12 +487,27 @@ impl SessionHub for Hub {
         if self.0.shutting_down.load(Ordering::SeqCst) {
             return Err(OpenError::ShuttingDown);
         }
-        if !reserve(&self.0.admitted, self.0.config.max_connections) {
+        let config = &self.0.config;
+        let ip = config
+            .trusted_proxies
+            .client_ip(peer.remote, peer.forwarded.as_deref());
+        let counted_ip = ip.filter(|_| config.max_connections_per_ip > 0);
+        if let Some(ip) = counted_ip {
+            if !reserve_in(&self.0.per_ip, ip, config.max_connections_per_ip) {
+                self.0.metrics.limit_hit("max_connections_per_ip");
+                tracing::info!(%ip, "refused a connection: max_connections_per_ip");
+                return Err(OpenError::TooManyFromAddress);
+            }
+        }
+        if !reserve(&self.0.admitted, config.max_connections) {
+            if let Some(ip) = counted_ip {
+                release_in(&self.0.per_ip, &ip);
+            }
             return Err(OpenError::TooManyConnections);
         }
         let key = self.0.next_conn.fetch_add(1, Ordering::Relaxed);
-        let id: Arc<str> = Arc::from(format!("c_{}_{key}", self.0.config.node));
-        let (conn, outbox) = Conn::new(key, id.clone(), self.0.config.outbox, peer.event_meta);
+        let id: Arc<str> = Arc::from(format!("c_{}_{key}", config.node));
+        let (conn, outbox) = Conn::new(key, id.clone(), config.outbox, peer.event_meta, counted_ip);
         self.0.conns.insert(id, conn.clone());
         self.0.metrics.connections.inc();
         self.0.metrics.connections_opened.inc();
@@ -490,6 +568,9 @@ mod tests {
                 frames_per_second: 1000,
                 publishes_per_second: 1000,
             },
+            trusted_proxies: Default::default(),
+            max_connections_per_ip: 0,
+            max_connections_per_user: 0,
             max_channels: 1000,
             max_envelope_targets: 100,
             max_presence_members: 100,
@@ -503,6 +584,7 @@ mod tests {
         PeerInfo {
             transport: "test",
             remote: None,
+            forwarded: None,
             event_meta: false,
         }
     }

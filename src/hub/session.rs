@@ -320,6 +320,9 @@ impl Ops {
             return Err(self.too_many_channels());
         }
 
+        // Counted until the connection goes, even if the ident fails below (at capacity) and
+        // is tried again.
+        self.hub.count_for_user(&self.conn, &identity.user)?;
         let mut channels = self.hub.lock_channels(&names).map_err(at_capacity)?;
         let (user, expires_at) = (identity.user.clone(), identity.expires_at);
         let _ = self.conn.identity.set(identity);

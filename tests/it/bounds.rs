@@ -428,3 +428,108 @@ async fn frames_and_publishes_are_rate_limited_and_a_flood_is_disconnected() {
     }
     gw.stop().await;
 }
+
+/// A WebSocket upgrade, optionally as forwarded for `client`: the client, or the HTTP
+/// status that refused it.
+async fn upgrade(gw: &crate::support::Gateway, client: Option<&str>) -> Result<Client, u16> {
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Error};
+    let mut request = format!("ws://{}/ws", gw.addr)
+        .into_client_request()
+        .unwrap();
+    if let Some(client) = client {
+        request
+            .headers_mut()
+            .insert("x-forwarded-for", client.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => Ok(Client::from_stream(ws)),
+        Err(Error::Http(response)) => Err(response.status().as_u16()),
+        Err(e) => panic!("upgrade: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn connections_per_address_are_capped_on_every_transport_and_given_back() {
+    let gw = start(&["--max-connections-per-ip", "2"]).await;
+    let first = upgrade(&gw, None).await.expect("first");
+    let _second = upgrade(&gw, None).await.expect("second");
+    assert_eq!(
+        upgrade(&gw, None).await.err(),
+        Some(503),
+        "third from 127.0.0.1"
+    );
+    // Not trusted as a proxy: the header changes nothing.
+    assert_eq!(upgrade(&gw, Some("198.51.100.1")).await.err(), Some(503));
+    let (status, body) = gw.post("/lp/open", &json!({})).await;
+    assert_eq!((status, body["code"].as_u64()), (503, Some(4029)), "{body}");
+    let sse = gw
+        .sse_response(&format!("channels=a&token={}", gw.token("ann", None)), None)
+        .await;
+    assert_eq!(sse.status(), 503);
+    // A connection that goes gives its place back.
+    first.close().await;
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(client) = upgrade(&gw, None).await {
+            again = Some(client);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "the closed connection's place came back");
+    assert!(gw
+        .metrics()
+        .await
+        .contains(r#"herald_limit_hits_total{limit="max_connections_per_ip"}"#));
+    gw.stop().await;
+
+    // Behind a trusted proxy, the forwarded address is the client's.
+    let gw = start(&[
+        "--max-connections-per-ip",
+        "1",
+        "--trusted-proxy",
+        "127.0.0.0/8",
+    ])
+    .await;
+    let _a = upgrade(&gw, Some("198.51.100.1")).await.expect("a");
+    assert_eq!(upgrade(&gw, Some("198.51.100.1")).await.err(), Some(503));
+    let _b = upgrade(&gw, Some("198.51.100.2"))
+        .await
+        .expect("another client");
+    // The nearest hop the proxy did not add itself counts, not what the client claims.
+    let _c = upgrade(&gw, Some("6.6.6.6, 198.51.100.3"))
+        .await
+        .expect("c");
+    assert_eq!(
+        upgrade(&gw, Some("7.7.7.7, 198.51.100.3")).await.err(),
+        Some(503)
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn connections_per_user_are_capped_at_ident() {
+    let gw = start(&["--max-connections-per-user", "2"]).await;
+    let first = gw.client("auth0|61a7c0de").await;
+    let _second = gw.client("auth0|61a7c0de").await;
+    let (mut third, reply) = ident(&gw, "auth0|61a7c0de").await;
+    assert_eq!(reply["code"], 4029, "{reply}");
+    let reply = third.request(json!({"op": "join", "channel": "a"})).await;
+    assert_eq!(reply["code"], 4001, "not identified: {reply}");
+    let (_other, reply) = ident(&gw, "bob").await;
+    assert_eq!(reply["ok"], true, "other users are not affected: {reply}");
+    first.close().await;
+    let mut identified = false;
+    for _ in 0..50 {
+        let reply = third
+            .request(json!({"op": "ident", "token": gw.token("auth0|61a7c0de", None)}))
+            .await;
+        if reply["ok"] == true {
+            identified = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(identified, "the closed connection's place came back");
+    gw.stop().await;
+}

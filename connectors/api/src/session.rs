@@ -21,8 +21,11 @@ use crate::gateway::Since;
 pub struct PeerInfo {
     /// `ws`, `longpoll` or `sse`.
     pub transport: &'static str,
-    /// The client's address, when known.
+    /// The address the connection comes from, when known.
     pub remote: Option<SocketAddr>,
+    /// The `X-Forwarded-For` (or `Forwarded`) header as the request carried it; the core
+    /// believes it only when `remote` is a proxy it was told to trust.
+    pub forwarded: Option<String>,
     /// Whether event frames should come with their [`crate::EventMeta`] (SSE writes `event:`
     /// and `id:` lines from it); transports that only move bytes leave it off and pay nothing.
     pub event_meta: bool,
@@ -37,6 +40,9 @@ pub enum OpenError {
     /// The gateway is shutting down.
     #[error("gateway is shutting down")]
     ShuttingDown,
+    /// This client address has as many connections as it may.
+    #[error("too many connections from this address")]
+    TooManyFromAddress,
 }
 
 impl OpenError {
@@ -45,6 +51,30 @@ impl OpenError {
         match self {
             Self::ShuttingDown => 4100,
             Self::TooManyConnections => 4503,
+            Self::TooManyFromAddress => 4029,
+        }
+    }
+}
+
+impl PeerInfo {
+    /// What a transport knows of a request's client: its socket's address and the proxy
+    /// header, if any.
+    pub fn from_request(
+        transport: &'static str,
+        remote: Option<SocketAddr>,
+        headers: &http::HeaderMap,
+        event_meta: bool,
+    ) -> Self {
+        let forwarded = headers
+            .get("x-forwarded-for")
+            .or_else(|| headers.get(http::header::FORWARDED))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Self {
+            transport,
+            remote,
+            forwarded,
+            event_meta,
         }
     }
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -224,14 +224,19 @@ impl SidQuery {
     }
 }
 
-async fn open(State(state): State<Arc<LongPollState>>) -> Result<Response, LpError> {
+async fn open(
+    State(state): State<Arc<LongPollState>>,
+    ConnectInfo(remote): ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, LpError> {
     let (session, outbox) = state
         .hub
-        .open(PeerInfo {
-            transport: "longpoll",
-            remote: None,
-            event_meta: false,
-        })
+        .open(PeerInfo::from_request(
+            "longpoll",
+            Some(remote),
+            &headers,
+            false,
+        ))
         .map_err(|err| LpError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: err.code(),

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -102,6 +102,7 @@ impl IntoResponse for Refusal {
 
 async fn stream(
     State(state): State<SseState>,
+    ConnectInfo(remote): ConnectInfo<std::net::SocketAddr>,
     Query(query): Query<SseQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Refusal> {
@@ -138,11 +139,7 @@ async fn stream(
 
     let (mut session, outbox) = state
         .hub
-        .open(PeerInfo {
-            transport: "sse",
-            remote: None,
-            event_meta: true,
-        })
+        .open(PeerInfo::from_request("sse", Some(remote), &headers, true))
         .map_err(|err| Refusal {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: err.code(),

@@ -8,13 +8,14 @@
 //! size limits.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -74,14 +75,20 @@ pub fn routes(state: WsState) -> Router {
     Router::new().route("/ws", get(upgrade)).with_state(state)
 }
 
-async fn upgrade(State(state): State<WsState>, ws: WebSocketUpgrade) -> Response {
-    let (session, outbox) = match state.hub.open(PeerInfo {
-        transport: "ws",
-        remote: None,
-        event_meta: false,
-    }) {
+async fn upgrade(
+    State(state): State<WsState>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let peer = PeerInfo::from_request("ws", Some(remote), &headers, false);
+    let (session, outbox) = match state.hub.open(peer) {
         Ok(opened) => opened,
-        Err(err @ (OpenError::TooManyConnections | OpenError::ShuttingDown)) => {
+        Err(
+            err @ (OpenError::TooManyConnections
+            | OpenError::ShuttingDown
+            | OpenError::TooManyFromAddress),
+        ) => {
             return (StatusCode::SERVICE_UNAVAILABLE, err.to_string()).into_response();
         }
     };
