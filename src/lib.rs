@@ -12,6 +12,7 @@
 //! - [`http`]: the one HTTP(S) app: routers merged, CORS, Origin checks, probes.
 //! - [`tls`]: rustls server config from files or a self-signed certificate.
 //! - [`peer`]: the client's address, through trusted proxies.
+//! - [`tls_reload`]: the certificate reloaded on SIGHUP and when its files change.
 //! - [`accept`]: the first-byte deadline every new connection passes.
 //! - [`connectors`]: starts the inbound connectors (NATS) the configuration names.
 //! - [`metrics`]: Prometheus counters.
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod pattern;
 pub mod peer;
 pub mod tls;
+pub mod tls_reload;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -300,9 +302,11 @@ impl Prepared {
         // waits for the ACK of the previous, which the client may delay by up to 40 ms.
         let nodelay = axum_server::accept::NoDelayAcceptor::new();
         let header_timeout = config.header_timeout;
+        let mut reloadable = None;
         let mut server = match tls {
             Some(tls) => {
                 let rustls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
+                reloadable = config.tls.clone().map(|source| (rustls.clone(), source));
                 let tls = axum_server::tls_rustls::RustlsAcceptor::new(rustls).acceptor(nodelay);
                 let server = server.acceptor(FirstByteDeadline::new(
                     tls,
@@ -320,6 +324,11 @@ impl Prepared {
                 tokio::spawn(with_header_timeout(server, header_timeout).serve(service))
             }
         };
+        tracker.spawn(tls_reload::run(
+            reloadable,
+            hub.metrics().clone(),
+            token.child_token(),
+        ));
         ready.set(true);
         let scheme = if config.tls.is_some() {
             "https"

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub recoveries_too_large: Counter<u64, AtomicU64>,
     /// Times a configured bound was hit, by the bound's config key.
     limit_hits: Family<LimitLabel, Counter<u64, AtomicU64>>,
+    /// TLS certificate reloads, by `result` (`ok`, `kept_old`).
+    tls_reloads: Family<LimitLabel, Counter<u64, AtomicU64>>,
     /// The inbound connectors, whose counters are read at each scrape.
     pub connectors: Arc<ConnectorSet>,
 }
@@ -65,6 +67,7 @@ impl Metrics {
             recoveries_failed: Counter::default(),
             recoveries_too_large: Counter::default(),
             limit_hits: Family::default(),
+            tls_reloads: Family::default(),
             connectors: Arc::default(),
             registry: Registry::default(),
         };
@@ -119,7 +122,18 @@ impl Metrics {
             "Times a configured bound was hit, by config key",
             m.limit_hits.clone(),
         );
+        registry.register(
+            "tls_reloads",
+            "TLS certificate reloads, by result (ok, or kept_old when the new one did not load)",
+            m.tls_reloads.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// Counts one TLS reload: `ok`, or the new certificate refused and the old one kept.
+    pub fn tls_reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "kept_old" };
+        self.tls_reloads.get_or_create(&[("result", result)]).inc();
     }
 
     /// Counts one hit of the bound named by its config key (`max_channels`, …).

@@ -407,3 +407,16 @@ async fn flags_win_over_environment_which_wins_over_the_file() {
         Some("from-flag")
     );
 }
+
+#[tokio::test]
+async fn sighup_does_not_end_the_process() {
+    let herald = Herald::spawn(&[]).await;
+    // SAFETY: kill(2) on a child we spawned and still own.
+    assert_eq!(unsafe { libc::kill(herald.pid(), libc::SIGHUP) }, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let health = reqwest::get(format!("http://{}/healthz", herald.addr)).await;
+    assert!(
+        health.is_ok_and(|r| r.status() == 200),
+        "still serving after SIGHUP"
+    );
+}

@@ -147,3 +147,76 @@ async fn wss_with_a_certificate_chain_from_files_and_client_certificates() {
     );
     gw.stop().await;
 }
+
+/// Whether a `wss` handshake trusting only `ca` succeeds.
+async fn handshake_trusting(gw: &Gateway, ca: &str) -> bool {
+    let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(ca.as_bytes())
+        .map(Result::unwrap)
+        .collect();
+    let url = format!("wss://127.0.0.1:{}/ws", gw.addr.port());
+    let connector = tokio_tungstenite::Connector::Rustls(client_config(&roots, None));
+    tokio_tungstenite::connect_async_tls_with_config(url.as_str(), None, false, Some(connector))
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn a_new_certificate_is_taken_without_dropping_connections_and_a_bad_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("chain.pem"), dir.path().join("server.key"));
+    let install = |pki: &Pki| {
+        let (leaf, key) = pki.issue(&["127.0.0.1"]);
+        std::fs::write(&cert_path, leaf).unwrap();
+        std::fs::write(&key_path, key).unwrap();
+    };
+    let (old, new) = (Pki::new(), Pki::new());
+    install(&old);
+    let (cert, key) = (cert_path.to_str().unwrap(), key_path.to_str().unwrap());
+    let gw = start(&["--tls-cert", cert, "--tls-key", key]).await;
+    let old_roots: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(old.ca_pem.as_bytes())
+            .map(Result::unwrap)
+            .collect();
+    let mut open = Client::connect_tls(
+        &format!("wss://127.0.0.1:{}/ws", gw.addr.port()),
+        client_config(&old_roots, None),
+    )
+    .await;
+    let reply = open
+        .request(json!({"op": "ident", "token": gw.token("kept", None)}))
+        .await;
+    assert_eq!(reply["ok"], true);
+    assert!(
+        !handshake_trusting(&gw, &new.ca_pem).await,
+        "the new CA is not in use yet"
+    );
+
+    // The files change: new handshakes get the new certificate; the open connection stays.
+    install(&new);
+    let mut rotated = false;
+    for _ in 0..50 {
+        if handshake_trusting(&gw, &new.ca_pem).await {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(rotated, "the new certificate was picked up");
+    let reply = open.request(json!({"op": "ping"})).await;
+    assert_eq!(
+        reply["ok"], true,
+        "the connection made before the reload is still served"
+    );
+
+    // A broken certificate, then SIGHUP (what `systemctl reload` sends): the old one stays.
+    std::fs::write(&cert_path, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    // SAFETY: kill(2) on our own pid; the gateway's handler is installed while it serves.
+    assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGHUP) }, 0);
+    // Past the signal and a file check: whatever was tried, the last good certificate serves.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(
+        handshake_trusting(&gw, &new.ca_pem).await,
+        "still serving the last good certificate"
+    );
+    gw.stop().await;
+}
