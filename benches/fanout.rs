@@ -57,6 +57,7 @@ fn hub() -> Hub {
         trusted_proxies: Default::default(),
         max_connections_per_ip: 0,
         max_connections_per_user: 0,
+        max_revocations: 1000,
         max_channels: 1_000_000,
         max_envelope_targets: 10_000,
         max_presence_members: 1000,

@@ -75,6 +75,17 @@ pub struct Identity {
     pub channels: Option<Arc<[Pattern]>>,
     /// When an auth hook's answer stops being valid; the connection ends with 4002 then.
     pub expires_at: Option<SystemTime>,
+    /// What revocations look at: the JWT's `jti` and `iat`.
+    pub token: TokenFacts,
+}
+
+/// A JWT's `jti` and `iat`, when it had them.
+#[derive(Debug, Clone, Default)]
+pub struct TokenFacts {
+    /// The token's id.
+    pub jti: Option<Arc<str>>,
+    /// When it was issued, Unix seconds.
+    pub issued_at: Option<u64>,
 }
 
 impl Identity {
@@ -84,6 +95,7 @@ impl Identity {
             user: Arc::from(""),
             channels: None,
             expires_at: None,
+            token: TokenFacts::default(),
         }
     }
 
@@ -95,6 +107,7 @@ impl Identity {
                 .channels
                 .map(|list| list.iter().map(|p| Pattern::new(p)).collect()),
             expires_at: hook.expires_at,
+            token: TokenFacts::default(),
         }
     }
 
@@ -114,6 +127,10 @@ struct Claims {
     channels: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     exp: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jti: Option<String>,
 }
 
 /// Verifies (and, for demos, mints) tokens.
@@ -220,6 +237,10 @@ impl Auth {
             user: Arc::from(claims.sub),
             channels,
             expires_at: None,
+            token: TokenFacts {
+                jti: claims.jti.map(Arc::from),
+                issued_at: claims.iat,
+            },
         })
     }
 
@@ -235,6 +256,8 @@ impl Auth {
             sub: user.to_owned(),
             channels,
             exp: Some((now + ttl).as_secs()),
+            iat: Some(now.as_secs()),
+            jti: None,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing cannot fail")
@@ -336,6 +359,8 @@ mod tests {
             sub: "alice".into(),
             channels: None,
             exp: Some(past),
+            iat: None,
+            jti: None,
         };
         let expired = jsonwebtoken::encode(&Header::default(), &claims, &auth.encoding).unwrap();
         assert!(auth.verify(&expired).is_err(), "expired");
@@ -348,6 +373,8 @@ mod tests {
             sub: "alice".into(),
             channels: None,
             exp: None,
+            iat: None,
+            jti: None,
         };
         let hs512 = jsonwebtoken::encode(
             &Header::new(Algorithm::HS512),

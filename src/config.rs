@@ -205,6 +205,10 @@ pub struct Cli {
     /// Client `publish` ops one connection may send per second [default: 100].
     #[arg(long, env = "HERALD_MAX_PUBLISHES_PER_SECOND", value_name = "N")]
     pub max_publishes_per_second: Option<usize>,
+    /// Blocked users, and revoked tokens of each kind, held at once; more: 503 [default:
+    /// 100000].
+    #[arg(long, env = "HERALD_MAX_REVOCATIONS", value_name = "N")]
+    pub max_revocations: Option<usize>,
     /// How long an idempotency key is remembered [default: 2m].
     #[arg(long, env = "HERALD_DEDUP_WINDOW", value_name = "DURATION")]
     pub dedup_window: Option<String>,
@@ -286,6 +290,7 @@ struct FileConfig {
     max_channels_per_connection: Option<usize>,
     max_frames_per_second: Option<usize>,
     max_publishes_per_second: Option<usize>,
+    max_revocations: Option<usize>,
     dedup_window: Option<String>,
     shutdown_grace: Option<String>,
     node: Option<String>,
@@ -463,6 +468,8 @@ pub struct Config {
     pub max_frames_per_second: usize,
     /// Client publishes per second per connection.
     pub max_publishes_per_second: usize,
+    /// Blocks and revocations held at once.
+    pub max_revocations: usize,
     /// Idempotency window.
     pub dedup_window: Duration,
     /// How long shutdown waits.
@@ -868,6 +875,11 @@ impl Config {
                 cli.max_publishes_per_second
                     .or(file.max_publishes_per_second),
                 100,
+            ),
+            max_revocations: p.positive(
+                "max_revocations",
+                cli.max_revocations.or(file.max_revocations),
+                100_000,
             ),
             dedup_window: p.duration("dedup_window", cli.dedup_window.or(file.dedup_window), "2m"),
             shutdown_grace: p.duration(

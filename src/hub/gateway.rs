@@ -1,12 +1,14 @@
-//! What publishers and the admin API ask of the hub: publish, presence, history, disconnect.
+//! What publishers and the admin API ask of the hub: publish, presence, history, disconnect,
+//! blocks and revocations.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use herald_connector_api::{
-    AtCapacity, ChannelKind, ChannelName, ChannelSummary, Envelope, FieldError, Gateway,
-    GatewayInfo, HistoryError, HistoryPage, Member, PublishError, Published, Since, Target,
+    AtCapacity, ChannelKind, ChannelName, ChannelSummary, Disconnect, Envelope, FieldError,
+    Gateway, GatewayInfo, HistoryError, HistoryPage, Member, PublishError, Published, Revocation,
+    Since, Target,
 };
 use serde_json::value::RawValue;
 
@@ -202,6 +204,42 @@ impl Gateway for Hub {
                 ))
             })
             .count()
+    }
+
+    fn block(&self, user: &str, until: Option<SystemTime>) -> Result<usize, AtCapacity> {
+        self.0.revocations.block(user, until)?;
+        tracing::info!(user, ?until, "user blocked");
+        let ended = self
+            .matching_conns(&Target::User(user.to_owned()))
+            .iter()
+            .filter(|c| c.end(Disconnect::new(4002, "blocked", false)))
+            .count();
+        Ok(ended)
+    }
+
+    fn unblock(&self, user: &str) -> bool {
+        self.0.revocations.unblock(user)
+    }
+
+    fn revoke(&self, revocation: Revocation) -> Result<usize, AtCapacity> {
+        self.0.revocations.revoke(&revocation, SystemTime::now())?;
+        tracing::info!(?revocation, "tokens revoked");
+        let candidates = match &revocation {
+            Revocation::IssuedBefore { user, .. } => {
+                self.matching_conns(&Target::User(user.clone()))
+            }
+            Revocation::Jti { .. } => self.matching_conns(&Target::All),
+        };
+        let ended = candidates
+            .iter()
+            .filter(|c| {
+                c.identity
+                    .get()
+                    .is_some_and(|identity| super::revocation::names(&revocation, identity))
+            })
+            .filter(|c| c.end(Disconnect::new(4002, "token revoked", false)))
+            .count();
+        Ok(ended)
     }
 
     fn unsubscribe(&self, name: &ChannelName, target: Target) -> usize {

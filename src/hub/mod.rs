@@ -29,6 +29,7 @@
 //! - [`backends`]: calls out: clients' `rpc`, client activity.
 //! - [`hooks`]: the backend's auth hooks on the client path: idents and guarded joins.
 //! - [`rate`]: per-connection rate limits on client frames and publishes.
+//! - [`revocation`]: blocked users and revoked tokens.
 
 mod auth_deadline;
 mod backends;
@@ -41,6 +42,7 @@ mod frame;
 mod gateway;
 mod hooks;
 mod rate;
+mod revocation;
 mod session;
 
 use std::collections::BTreeMap;
@@ -120,6 +122,8 @@ pub struct HubConfig {
     pub dedup_window: Duration,
     /// Most idempotency keys remembered at once.
     pub dedup_max_keys: usize,
+    /// Most blocks, and most revocations of each kind, held at once.
+    pub max_revocations: usize,
 }
 
 type ChannelGuard = ArcMutexGuard<RawMutex, Channel>;
@@ -146,6 +150,7 @@ struct Inner {
     channel_count: AtomicUsize,
     channels: DashMap<ChannelName, Arc<Mutex<Channel>>>,
     dedup: Dedup,
+    revocations: revocation::Revocations,
     auth_deadlines: AuthDeadlines,
     backends: std::sync::OnceLock<Backends>,
 }
@@ -186,6 +191,7 @@ impl Hub {
     pub fn new(config: HubConfig, metrics: Arc<Metrics>) -> Self {
         let dedup = Dedup::new(config.dedup_window, config.dedup_max_keys);
         let auth_deadlines = AuthDeadlines::new(config.auth_timeout);
+        let revocations = revocation::Revocations::new(config.max_revocations);
         Self(Arc::new(Inner {
             config,
             metrics,
@@ -199,6 +205,7 @@ impl Hub {
             channel_count: AtomicUsize::new(0),
             channels: DashMap::new(),
             dedup,
+            revocations,
             auth_deadlines,
             backends: std::sync::OnceLock::new(),
         }))
@@ -224,6 +231,13 @@ impl Hub {
             release_in(&self.0.per_user, user);
         }
         Ok(())
+    }
+
+    /// Why `identity` may not identify now (blocked, or its token revoked), if it may not.
+    fn refusal(&self, identity: &crate::auth::Identity) -> Option<&'static str> {
+        self.0
+            .revocations
+            .refusal(identity, std::time::SystemTime::now())
     }
 
     /// Milliseconds since the hub started, wrapping: the clock of the rate limits.
@@ -280,6 +294,7 @@ impl Hub {
             !idle
         });
         self.0.dedup.expire(now);
+        self.0.revocations.expire(std::time::SystemTime::now());
     }
 
     fn rule_for(&self, name: &ChannelName) -> Arc<ChannelRule> {
@@ -571,6 +586,7 @@ mod tests {
             trusted_proxies: Default::default(),
             max_connections_per_ip: 0,
             max_connections_per_user: 0,
+            max_revocations: 100,
             max_channels: 1000,
             max_envelope_targets: 100,
             max_presence_members: 100,

@@ -324,6 +324,12 @@ impl Ops {
         // is tried again.
         self.hub.count_for_user(&self.conn, &identity.user)?;
         let mut channels = self.hub.lock_channels(&names).map_err(at_capacity)?;
+        // Checked with the personal channel locked: a block recorded after this check finds
+        // the connection among that channel's members and ends it.
+        if let Some(why) = self.hub.refusal(&identity) {
+            tracing::info!(conn = %self.conn.id, user = %identity.user, why, "authentication refused");
+            return Err(OpError::new(4002, format!("authentication failed: {why}")));
+        }
         let (user, expires_at) = (identity.user.clone(), identity.expires_at);
         let _ = self.conn.identity.set(identity);
         let now = Instant::now();

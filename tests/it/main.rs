@@ -14,6 +14,7 @@ mod jwt;
 mod longpoll;
 mod nats;
 mod process;
+mod revocation;
 mod rpc;
 mod sse;
 mod tls;

@@ -1,6 +1,7 @@
 //! What publishers (HTTP API, NATS, AMQP, file tail) and the admin API may ask of the core.
 
 use std::collections::BTreeMap;
+use std::time::SystemTime;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -161,6 +162,25 @@ pub enum Target {
     All,
 }
 
+/// Tokens to refuse from now on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// The token with this `jti`; remembered until `until` (its `exp`), or a day.
+    Jti {
+        /// The token id.
+        jti: String,
+        /// When the token expires anyway.
+        until: Option<SystemTime>,
+    },
+    /// Every token of `user` issued (`iat`) before `before`, and its tokens without `iat`.
+    IssuedBefore {
+        /// The user.
+        user: String,
+        /// The cut-off.
+        before: SystemTime,
+    },
+}
+
 /// Node facts for `GET /api/info`.
 #[derive(Debug, Clone, Serialize)]
 pub struct GatewayInfo {
@@ -202,6 +222,20 @@ pub trait Gateway: Send + Sync + 'static {
     fn disconnect(&self, target: Target, reason: &str, reconnect: bool) -> usize;
     /// Removes the target's connections from a channel; returns how many.
     fn unsubscribe(&self, channel: &ChannelName, target: Target) -> usize;
+    /// Refuses `user` at every `ident` until `until` (`None`: until unblocked) and ends its
+    /// connections with 4002; returns how many it ended.
+    ///
+    /// # Errors
+    /// [`AtCapacity`] when the configured number of blocks is reached.
+    fn block(&self, user: &str, until: Option<SystemTime>) -> Result<usize, AtCapacity>;
+    /// Lifts a block; whether there was one.
+    fn unblock(&self, user: &str) -> bool;
+    /// Refuses the tokens `revocation` names at every `ident` and ends the connections that
+    /// identified with them (4002); returns how many it ended.
+    ///
+    /// # Errors
+    /// [`AtCapacity`] when the configured number of revocations is reached.
+    fn revoke(&self, revocation: Revocation) -> Result<usize, AtCapacity>;
     /// Node facts.
     fn info(&self) -> GatewayInfo;
 }

@@ -45,7 +45,7 @@ pub use envelope::{Envelope, EnvelopeBatch};
 pub use field::{parse_json, FieldError};
 pub use gateway::{
     AtCapacity, ChannelSummary, Gateway, GatewayInfo, HistoryError, HistoryPage, Member,
-    PublishError, PublishOutcome, Published, Since, Target,
+    PublishError, PublishOutcome, Published, Revocation, Since, Target,
 };
 pub use ingest::{Handled, Ingest, Verdict};
 pub use queue::{

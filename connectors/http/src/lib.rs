@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -18,8 +19,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use herald_connector_api::envelope::EnvelopeBatch;
 use herald_connector_api::{
-    ChannelName, ConnectorSet, Envelope, FieldError, Gateway, PublishError, PublishOutcome, Since,
-    Target,
+    check_user_id, AtCapacity, ChannelName, ConnectorSet, Envelope, FieldError, Gateway,
+    PublishError, PublishOutcome, Revocation, Since, Target,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -51,6 +52,9 @@ pub fn routes(state: ApiState) -> Router {
         .route("/api/channels/{channel}/history", get(history))
         .route("/api/channels/{channel}/unsubscribe", post(unsubscribe))
         .route("/api/disconnect", post(disconnect))
+        .route("/api/users/{user}/block", post(block))
+        .route("/api/users/{user}/unblock", post(unblock))
+        .route("/api/tokens/revoke", post(revoke))
         .route("/api/info", get(info))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -98,6 +102,16 @@ impl From<PublishError> for ApiError {
             status,
             code: err.code(),
             message: err.message(),
+        }
+    }
+}
+
+impl From<AtCapacity> for ApiError {
+    fn from(err: AtCapacity) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: 4503,
+            message: err.to_string(),
         }
     }
 }
@@ -293,6 +307,104 @@ async fn info(State(state): State<Arc<ApiState>>) -> Response {
     let mut info = serde_json::json!(state.gateway.info());
     info["connectors"] = connectors.into();
     Json(info).into_response()
+}
+
+/// `POST /api/users/{user}/block`: `{"duration":"1h"}` or `{}` (until unblocked).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlockBody {
+    duration: Option<String>,
+}
+
+async fn block(
+    State(state): State<Arc<ApiState>>,
+    Path(user): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    check_user_id(&user).map_err(|e| ApiError::bad_request("user", e))?;
+    let body = read_body(&state, body)?;
+    let body: BlockBody = if body.iter().all(u8::is_ascii_whitespace) {
+        BlockBody { duration: None }
+    } else {
+        parse_body(&body)?
+    };
+    let until = match body.duration.as_deref() {
+        None => None,
+        Some(text) => {
+            let duration = humantime::parse_duration(text).map_err(|_| {
+                ApiError::bad_request("duration", "not a duration like 30s, 10m or 2h")
+            })?;
+            Some(SystemTime::now() + duration)
+        }
+    };
+    let ended = state.gateway.block(&user, until)?;
+    let until = until.map(|t| humantime::format_rfc3339_seconds(t).to_string());
+    Ok(
+        Json(serde_json::json!({"user": user, "until": until, "disconnected": ended}))
+            .into_response(),
+    )
+}
+
+async fn unblock(
+    State(state): State<Arc<ApiState>>,
+    Path(user): Path<String>,
+) -> Result<Response, ApiError> {
+    check_user_id(&user).map_err(|e| ApiError::bad_request("user", e))?;
+    let unblocked = state.gateway.unblock(&user);
+    Ok(Json(serde_json::json!({ "unblocked": unblocked })).into_response())
+}
+
+/// `POST /api/tokens/revoke`: `{"jti","expires_at"?}` or `{"user","issued_before"?}` (Unix
+/// seconds; `issued_before` defaults to now).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    jti: Option<String>,
+    expires_at: Option<u64>,
+    user: Option<String>,
+    issued_before: Option<u64>,
+}
+
+async fn revoke(
+    State(state): State<Arc<ApiState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body: RevokeBody = parse_body(&read_body(&state, body)?)?;
+    let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+    let revocation = match body {
+        RevokeBody {
+            jti: Some(jti),
+            user: None,
+            issued_before: None,
+            expires_at,
+        } => {
+            if jti.is_empty() || jti.len() > 1024 {
+                return Err(ApiError::bad_request("jti", "must be 1 to 1024 bytes"));
+            }
+            Revocation::Jti {
+                jti,
+                until: expires_at.map(at),
+            }
+        }
+        RevokeBody {
+            jti: None,
+            user: Some(user),
+            expires_at: None,
+            issued_before,
+        } => {
+            check_user_id(&user).map_err(|e| ApiError::bad_request("user", e))?;
+            let before = issued_before.map_or_else(SystemTime::now, at);
+            Revocation::IssuedBefore { user, before }
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "jti",
+                "give jti (and expires_at), or user (and issued_before)",
+            ))
+        }
+    };
+    let ended = state.gateway.revoke(revocation)?;
+    Ok(Json(serde_json::json!({ "disconnected": ended })).into_response())
 }
 
 fn parse_channel(name: &str) -> Result<ChannelName, ApiError> {
