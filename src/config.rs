@@ -221,6 +221,9 @@ pub struct Cli {
     /// Log format.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Do not serve the demo chat page at `/` (`demo = false` in the file).
+    #[arg(long, env = "HERALD_NO_DEMO", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub no_demo: Option<bool>,
 }
 
 /// Subcommands besides serving.
@@ -295,6 +298,7 @@ struct FileConfig {
     shutdown_grace: Option<String>,
     node: Option<String>,
     log_format: Option<LogFormat>,
+    demo: Option<bool>,
     tls: Option<FileTls>,
     #[serde(default)]
     channels: Vec<FileChannelRule>,
@@ -478,6 +482,8 @@ pub struct Config {
     pub node: Option<String>,
     /// Log format.
     pub log_format: LogFormat,
+    /// Whether `/` serves the demo chat page.
+    pub demo: bool,
     /// Config-file sections present but not active in this build.
     pub inactive_sections: Vec<&'static str>,
 }
@@ -898,6 +904,7 @@ impl Config {
             amqp: file.amqp,
             node: cli.node.or(file.node),
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+            demo: cli.no_demo.map(|off| !off).or(file.demo).unwrap_or(true),
             inactive_sections,
         }
     }

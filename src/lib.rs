@@ -13,6 +13,7 @@
 //! - [`tls`]: rustls server config from files or a self-signed certificate.
 //! - [`peer`]: the client's address, through trusted proxies.
 //! - [`tls_reload`]: the certificate reloaded on SIGHUP and when its files change.
+//! - [`client_files`]: the JavaScript client and the demo page, built in.
 //! - [`accept`]: the first-byte deadline every new connection passes.
 //! - [`connectors`]: starts the inbound connectors (NATS) the configuration names.
 //! - [`metrics`]: Prometheus counters.
@@ -20,6 +21,7 @@
 
 pub mod accept;
 pub mod auth;
+pub mod client_files;
 pub mod config;
 pub mod connectors;
 pub mod http;
@@ -235,7 +237,7 @@ pub fn prepare(config: Config, listener: std::net::TcpListener) -> Result<Prepar
         .merge(herald_connector_longpoll::routes(longpoll.clone()))
         .merge(sse);
     let app = http::app(
-        api,
+        api.merge(client_files::routes(config.demo)),
         transports,
         AllowedOrigins::new(&config.cors_origins),
         metrics,

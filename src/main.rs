@@ -40,9 +40,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let listener = herald::bind(config.listen)
             .map_err(|e| anyhow::anyhow!("listen: cannot bind {}: {e}", config.listen))?;
-        let tls = config.tls.is_some();
+        let (tls, demo) = (config.tls.is_some(), config.demo);
         let herald = herald::prepare(config, listener)?;
-        print_quick_start(tls, &generated, herald.local_addr()?);
+        print_quick_start(tls, demo, &generated, herald.local_addr()?);
         herald.serve(shutdown_signal()).await?;
         anyhow::Ok(())
     });
@@ -80,7 +80,12 @@ fn init_logs(format: LogFormat) {
 }
 
 /// With no keys configured, Herald makes them up and prints what a first try needs.
-fn print_quick_start(tls: bool, generated: &herald::GeneratedSecrets, addr: std::net::SocketAddr) {
+fn print_quick_start(
+    tls: bool,
+    demo: bool,
+    generated: &herald::GeneratedSecrets,
+    addr: std::net::SocketAddr,
+) {
     if generated.api_key.is_none() && generated.jwt_secret.is_none() {
         return;
     }
@@ -100,6 +105,9 @@ fn print_quick_start(tls: bool, generated: &herald::GeneratedSecrets, addr: std:
             "  demo token (user \"demo\", 24h): {}",
             auth.mint("demo", None, Duration::from_secs(86_400))
         );
+    }
+    if demo {
+        println!("  demo page:  {scheme}://{addr}/   (paste the demo token, or open {scheme}://{addr}/#token=<demo token>)");
     }
     println!("  connect:    {ws}://{addr}/ws   then send {{\"op\":\"ident\",\"id\":1,\"token\":\"<demo token>\"}}");
     println!("  publish:    curl -H 'Authorization: Bearer <api key>' -d '{{\"event\":\"hello\",\"users\":[\"demo\"],\"data\":{{}}}}' {scheme}://{addr}/api/publish");
