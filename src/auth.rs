@@ -73,7 +73,8 @@ pub struct Identity {
     pub user: Arc<str>,
     /// Channels the user may join; `None` means every ordinary channel.
     pub channels: Option<Arc<[Pattern]>>,
-    /// When an auth hook's answer stops being valid; the connection ends with 4002 then.
+    /// When the token (its `exp`) or the auth hook's answer stops being valid: a live
+    /// connection that has not sent a `refresh` by then is ended with 4002.
     pub expires_at: Option<SystemTime>,
     /// What revocations look at: the JWT's `jti` and `iat`.
     pub token: TokenFacts,
@@ -236,7 +237,7 @@ impl Auth {
         Ok(Identity {
             user: Arc::from(claims.sub),
             channels,
-            expires_at: None,
+            expires_at: claims.exp.map(|s| UNIX_EPOCH + Duration::from_secs(s)),
             token: TokenFacts {
                 jti: claims.jti.map(Arc::from),
                 issued_at: claims.iat,

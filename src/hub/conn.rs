@@ -1,7 +1,7 @@
 //! One client connection as the hub sees it: identity, joined channels and outbound queue.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -54,6 +54,9 @@ pub struct Conn {
     pub rates: super::rate::Buckets,
     /// The client's address, when known: its count in the hub goes when the connection does.
     pub ip: Option<std::net::IpAddr>,
+    /// When the connection's credentials expire, Unix seconds (0: never); a `refresh` moves
+    /// it, the sweeper ends the connection past it.
+    pub expires_at: AtomicU64,
     /// The user whose `max_connections_per_user` this connection counts towards.
     pub counted_user: OnceLock<Arc<str>>,
     frames_tx: FrameSender,
@@ -96,6 +99,7 @@ impl Conn {
             rates: super::rate::Buckets::default(),
             ip,
             counted_user: OnceLock::new(),
+            expires_at: AtomicU64::new(0),
             frames_tx,
         };
         (Arc::new(conn), outbox)
@@ -189,6 +193,21 @@ impl Conn {
         }
         let _ = self.counted_user.set(user);
         true
+    }
+
+    /// Sets when the credentials expire (`None`: never).
+    pub fn set_expiry(&self, at: Option<std::time::SystemTime>) {
+        let secs = at.map_or(0, |at| {
+            at.duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs().max(1))
+        });
+        self.expires_at.store(secs, Ordering::Release);
+    }
+
+    /// Whether the credentials have expired at `now` (Unix seconds).
+    pub fn is_expired(&self, now: u64) -> bool {
+        let at = self.expires_at.load(Ordering::Acquire);
+        at != 0 && at <= now
     }
 
     /// Whether the connection has left the hub.

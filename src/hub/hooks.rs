@@ -6,12 +6,10 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use herald_connector_api::{AuthHooks, ChannelKind, ChannelName, Disconnect, HookError};
+use herald_connector_api::{AuthHooks, ChannelKind, ChannelName, HookError};
 use tokio_util::task::TaskTracker;
 
-use super::conn::Conn;
 use super::frame::OpError;
 use super::Hub;
 use crate::auth::Identity;
@@ -94,21 +92,6 @@ impl Hub {
             Some(setup) => drop(setup.tasks.spawn(work)),
             None => drop(tokio::spawn(work)),
         }
-    }
-
-    /// Ends `conn` with 4002 when its identity expires.
-    pub(super) fn expire_at(&self, conn: &Arc<Conn>, at: SystemTime) {
-        let delay = at.duration_since(SystemTime::now()).unwrap_or_default();
-        let conn = Arc::downgrade(conn);
-        // A timer holding only a weak handle: the connection may go first, and shutdown ends
-        // it anyway, so this needs no tracking.
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            if let Some(conn) = conn.upgrade() {
-                tracing::info!(conn = %conn.id, "identity expired");
-                conn.end(Disconnect::new(4002, "authentication expired", false));
-            }
-        });
     }
 }
 

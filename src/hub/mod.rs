@@ -266,7 +266,8 @@ impl Hub {
         }
     }
 
-    /// Sweeps idle channels and expired idempotency keys until `shutdown` is cancelled.
+    /// Sweeps idle channels, expired idempotency keys and expired credentials until
+    /// `shutdown` is cancelled.
     pub async fn run_sweeper(self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(SWEEP_INTERVAL);
         loop {
@@ -282,8 +283,25 @@ impl Hub {
         self.0.auth_deadlines.run(shutdown).await;
     }
 
-    /// Drops channels with no members and no live history, and old idempotency keys.
+    /// Drops channels with no members and no live history, old idempotency keys, lapsed
+    /// blocks; ends connections whose token (or hook identity) expired without a `refresh`.
     pub fn sweep(&self, now: Instant) {
+        let wall = std::time::SystemTime::now();
+        let unix = wall
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        for conn in self.0.conns.iter() {
+            if conn.is_expired(unix)
+                && conn.end(Disconnect::new(
+                    4002,
+                    "authentication expired: refresh the token",
+                    true,
+                ))
+            {
+                tracing::info!(conn = %conn.id, "credentials expired");
+            }
+        }
         self.0.channels.retain(|_, channel| {
             let mut channel = channel.lock();
             let idle = channel.is_idle(now);
@@ -294,7 +312,7 @@ impl Hub {
             !idle
         });
         self.0.dedup.expire(now);
-        self.0.revocations.expire(std::time::SystemTime::now());
+        self.0.revocations.expire(wall);
     }
 
     fn rule_for(&self, name: &ChannelName) -> Arc<ChannelRule> {

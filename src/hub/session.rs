@@ -108,6 +108,9 @@ impl Ops {
         if op == "join" {
             return self.join(f, &identity);
         }
+        if op == "refresh" {
+            return self.refresh(f, &identity);
+        }
         match op.as_str() {
             "leave" => self.leave(f),
             "publish" => self.publish(f, &identity),
@@ -366,9 +369,7 @@ impl Ops {
         drop(channels);
         self.hub
             .activity(ActivityKind::Connect, &self.conn, None, None);
-        if let Some(at) = expires_at {
-            self.hub.expire_at(&self.conn, at);
-        }
+        self.conn.set_expiry(expires_at);
         Ok(identified)
     }
 
@@ -440,6 +441,51 @@ impl Ops {
             None => self.reply(request.id, &data),
         }
         Ok(())
+    }
+
+    /// The `refresh` op: a new token for the same user moves the connection's expiry.
+    fn refresh(&self, f: &Frame, identity: &Identity) -> Result<Flow, OpError> {
+        let token = required(&f.token, "token")?;
+        let (user, id) = (identity.user.clone(), f.id);
+        match self.authenticate(Some(token), &[]) {
+            Authenticated::Now(fresh) => {
+                self.conclude_refresh(fresh, &user, id);
+                Ok(Flow::Done)
+            }
+            Authenticated::Later(pending) => {
+                let ops = self.clone();
+                self.wait_for(async move {
+                    let fresh = pending.await;
+                    ops.conclude_refresh(fresh, &user, id);
+                });
+                Ok(Flow::Waiting)
+            }
+        }
+    }
+
+    /// Applies a refresh: the same user, not blocked or revoked, gets the new expiry; any
+    /// other answer is a 4002 error reply and the connection keeps its old expiry.
+    fn conclude_refresh(&self, fresh: Result<Identity, OpError>, user: &str, id: Option<u64>) {
+        let checked = fresh.and_then(|fresh| {
+            if *fresh.user != *user {
+                return Err(OpError::new(4002, "refresh: the token names another user"));
+            }
+            if let Some(why) = self.hub.refusal(&fresh) {
+                return Err(OpError::new(4002, format!("refresh: {why}")));
+            }
+            Ok(fresh)
+        });
+        match checked {
+            Ok(fresh) => {
+                self.conn.set_expiry(fresh.expires_at);
+                let expires_at = fresh
+                    .expires_at
+                    .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs());
+                self.reply(id, &json!({ "expires_at": expires_at }));
+            }
+            Err(err) => self.refuse(id, &err),
+        }
     }
 
     /// A channel the join hook guards is read and written by its members only.

@@ -267,3 +267,55 @@ fn an_unusable_key_file_is_a_configuration_error_naming_its_key() {
         assert!(error.contains(key), "{flag}: {error}");
     }
 }
+
+#[tokio::test]
+async fn a_token_that_expires_ends_its_connection_unless_refreshed() {
+    let gw = start_with(&[], None).await;
+    let hs = EncodingKey::from_secret(JWT_SECRET.as_bytes());
+    let token = |sub: &str, ttl: i64| {
+        sign(
+            Algorithm::HS256,
+            None,
+            &hs,
+            &json!({"sub": sub, "exp": now() + ttl}),
+        )
+    };
+    let mut refreshed = gw.connect().await;
+    let reply = refreshed
+        .request(json!({"op": "ident", "token": token("ann", 2)}))
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let mut lapsing = gw.connect().await;
+    let reply = lapsing
+        .request(json!({"op": "ident", "token": token("ann", 2)}))
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+
+    // A refresh must name the same user, with a valid token; a refused one changes nothing.
+    let reply = refreshed
+        .request(json!({"op": "refresh", "token": token("bob", 600)}))
+        .await;
+    assert_eq!(reply["code"], 4002, "{reply}");
+    let reply = refreshed
+        .request(json!({"op": "refresh", "token": "garbage"}))
+        .await;
+    assert_eq!(reply["code"], 4002, "{reply}");
+    let fresh = (now() + 600) as u64;
+    let reply = refreshed
+        .request(json!({"op": "refresh", "token": token("ann", 600)}))
+        .await;
+    let expires_at = reply["data"]["expires_at"].as_u64().unwrap_or(0);
+    assert!(expires_at.abs_diff(fresh) <= 1, "{reply}");
+
+    // The other one lapses: 4002, reconnect with a new token.
+    let (frame, close) = lapsing.expect_disconnect().await;
+    assert_eq!(
+        (frame["code"].as_u64(), close),
+        (Some(4002), 4002),
+        "{frame}"
+    );
+    assert_eq!(frame["reconnect"], true, "a new token fixes it: {frame}");
+    let reply = refreshed.request(json!({"op": "ping"})).await;
+    assert_eq!(reply["ok"], true, "the refreshed connection lives on");
+    gw.stop().await;
+}
