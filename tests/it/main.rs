@@ -20,5 +20,6 @@ mod revocation;
 mod rpc;
 mod sse;
 mod tls;
+mod ws_conformance;
 mod ws_protocol;
 mod ws_recovery;

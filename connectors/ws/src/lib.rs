@@ -120,6 +120,9 @@ enum End {
     Disconnect(Disconnect),
     /// Silent for too long: close 1001 without a disconnect frame.
     Idle,
+    /// The client broke the WebSocket protocol: fail the connection with this close code
+    /// (1002, or 1007 for text that is not UTF-8) and no disconnect frame.
+    Failed(u16, &'static str),
     /// The client went away; nothing more to send.
     Gone,
 }
@@ -166,10 +169,13 @@ async fn serve(
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => last_heard = Instant::now(),
                 Some(Ok(Message::Close(_))) | None => break End::Gone,
                 Some(Err(err)) => {
+                    tracing::debug!(conn = session.conn_id(), error = %err, "websocket read failed");
+                    if let Some((code, why)) = violation(&err) {
+                        break End::Failed(code, why);
+                    }
                     if is_too_large(&err) {
                         break End::Disconnect(Disconnect::new(4009, "frame too large", true));
                     }
-                    tracing::debug!(conn = session.conn_id(), error = %err, "websocket read failed");
                     break End::Gone;
                 }
             },
@@ -192,6 +198,9 @@ async fn serve(
             End::Gone => {}
             End::Idle => {
                 let _ = socket.send(close(1001, "idle timeout")).await;
+            }
+            End::Failed(code, why) => {
+                let _ = socket.send(close(code, why)).await;
             }
             End::Disconnect(disconnect) => {
                 if !disconnect.discards_queue() {
@@ -303,6 +312,19 @@ pub fn next_message(batch: &mut Vec<Bytes>) -> Message {
     };
     // The core only queues JSON text, which is UTF-8.
     Message::Text(Utf8Bytes::try_from(bytes).unwrap_or_default())
+}
+
+/// The close code for a read error that is the client's breach of RFC 6455, if it is one.
+/// axum does not expose tungstenite's error type, so its text is what there is to go on.
+fn violation(err: &axum::Error) -> Option<(u16, &'static str)> {
+    let text = err.to_string();
+    if text.contains("UTF-8") || text.contains("utf-8") {
+        Some((1007, "text is not UTF-8"))
+    } else if text.contains("protocol error") && !text.contains("without closing handshake") {
+        Some((1002, "protocol error"))
+    } else {
+        None
+    }
 }
 
 /// tungstenite reports an oversized message as a capacity error; axum does not expose its type.

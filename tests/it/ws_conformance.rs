@@ -1,0 +1,135 @@
+//! Bad WebSocket frames over raw TCP against `/ws` itself: each fails the connection with
+//! the close code RFC 6455 gives it (1002 protocol error, 1007 bad UTF-8, and the contract's
+//! 4009 for a frame too large), and Herald goes on serving.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{start, Gateway};
+
+/// A socket past the opening handshake.
+async fn upgraded(gw: &Gateway) -> TcpStream {
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        gw.addr
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tcp
+}
+
+/// A client frame: `first` is FIN, RSV and opcode; the payload is masked unless `unmasked`.
+fn frame(first: u8, payload: &[u8], unmasked: bool) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = vec![first];
+    let flag = if unmasked { 0 } else { 0x80 };
+    match payload.len() {
+        n @ 0..=125 => out.push(flag | n as u8),
+        n @ 126..=65535 => {
+            out.push(flag | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(flag | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if unmasked {
+        out.extend_from_slice(payload);
+    } else {
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    }
+    out
+}
+
+/// The close code of the server's close frame, skipping data frames; `None` if the socket
+/// ended without one.
+async fn close_code(tcp: &mut TcpStream) -> Option<u16> {
+    let mut read = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        // Parse whatever whole frames have arrived.
+        let mut at = 0;
+        while read.len() >= at + 2 {
+            let opcode = read[at] & 0x0f;
+            let (len, header) = match read[at + 1] & 0x7f {
+                126 if read.len() >= at + 4 => {
+                    (u16::from_be_bytes([read[at + 2], read[at + 3]]) as usize, 4)
+                }
+                127 if read.len() >= at + 10 => (
+                    u64::from_be_bytes(read[at + 2..at + 10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                126 | 127 => break,
+                n => (n as usize, 2),
+            };
+            if read.len() < at + header + len {
+                break;
+            }
+            if opcode == 0x8 {
+                let payload = &read[at + header..at + header + len];
+                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            }
+            at += header + len;
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, tcp.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(n)) => read.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!("the server neither closed nor failed the connection"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_frames_fail_the_connection_with_the_right_close_code() {
+    let gw = start(&[]).await;
+    let mut huge = vec![0x82, 0x80 | 127];
+    huge.extend_from_slice(&(1u64 << 40).to_be_bytes());
+    huge.extend_from_slice(&[1, 2, 3, 4]);
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("an unmasked frame", frame(0x81, b"{}", true), 1002),
+        ("a reserved bit set", frame(0xc1, b"{}", false), 1002),
+        ("a reserved opcode", frame(0x83, b"{}", false), 1002),
+        ("a fragmented ping", frame(0x09, b"", false), 1002),
+        ("a ping of 126 bytes", frame(0x89, &[0u8; 126], false), 1002),
+        (
+            "a continuation with nothing to continue",
+            frame(0x80, b"{}", false),
+            1002,
+        ),
+        (
+            "text that is not UTF-8",
+            frame(0x81, &[0xff, 0xfe, 0xfd], false),
+            1007,
+        ),
+        ("a length of a terabyte", huge, 4009),
+    ];
+    for (what, bytes, want) in cases {
+        let mut tcp = upgraded(&gw).await;
+        tcp.write_all(&bytes).await.unwrap();
+        let code = close_code(&mut tcp).await;
+        println!("{what}: close {code:?}");
+        assert_eq!(code, Some(want), "{what}");
+    }
+    // Still serving.
+    let mut client = gw.client("after").await;
+    let reply = client.request(serde_json::json!({"op": "ping"})).await;
+    assert_eq!(reply["ok"], true);
+    gw.stop().await;
+}
