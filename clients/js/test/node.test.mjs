@@ -19,21 +19,37 @@ after(async () => {
 });
 
 /**
- * A client, closed at the end of the file. With `gap` (ms), each reconnect waits that long
- * for its token, so a cut leaves a window in which the client is surely away.
+ * A client, closed at the end of the file. With `gated: true`, `h.hold()` makes every
+ * reconnect wait for its token until `h.release()`, so a cut leaves the client surely away
+ * for as long as the test needs, however slow the machine.
  */
 function client(user, options = {}) {
-  const gapped = options.gap
-    ? { getToken: async () => (await sleep(options.gap), token(user, { channels: options.allowed })) }
+  let gate = null;
+  const gated = options.gated
+    ? {
+        getToken: async () => {
+          if (gate) await gate.promise;
+          return token(user, { channels: options.allowed });
+        },
+      }
     : {};
   const h = new Herald(herald.url, {
     token: user === undefined ? undefined : token(user, { channels: options.allowed }),
-    ...gapped,
+    ...gated,
     WebSocket,
     minDelay: 20,
     maxDelay: 200,
     ...options,
   });
+  h.hold = () => {
+    let release;
+    const promise = new Promise((resolve) => (release = resolve));
+    gate = { promise, release };
+  };
+  h.release = () => {
+    if (gate) gate.release();
+    gate = null;
+  };
   h.errors = [];
   h.on("error", (e) => h.errors.push(e));
   h.cuts = 0;
@@ -242,7 +258,7 @@ for (const transports of TRANSPORTS) {
 
     test("a cut with reconnect:true recovers exactly the missed events", async () => {
       const channel = `chat:rec-${t}`;
-      const h = client(`r-${t}`, { transports, channels: [channel], gap: 250 });
+      const h = client(`r-${t}`, { transports, channels: [channel], gated: true });
       const got = collect(h, "N");
       const disconnects = [];
       h.on("disconnect", (d) => disconnects.push(d));
@@ -251,10 +267,12 @@ for (const transports of TRANSPORTS) {
       for (let cut = 0; cut < 3; cut++) {
         for (let i = 0; i < 5; i++) await herald.publish({ event: "N", channels: [channel], data: ++n });
         await until(() => got.length === n, 5000, `events up to ${n}`);
+        h.hold();
         await herald.disconnect({ user: `r-${t}`, reconnect: true });
         await until(() => h.cuts === cut + 1, 5000, "the client to notice the cut");
         for (let i = 0; i < 5; i++) await herald.publish({ event: "N", channels: [channel], data: ++n });
         assert.equal(h.state, "connecting", "these five are missed, to be recovered");
+        h.release();
         await until(() => h.state === "connected", 5000, "a reconnect");
       }
       await until(() => got.length >= n, 5000, "every event");
@@ -284,16 +302,18 @@ for (const transports of TRANSPORTS) {
 
     test("publish and rpc made while disconnected wait in the queue and go after reconnecting", async () => {
       const channel = `chat:q-${t}`;
-      const sender = client(`qs-${t}`, { transports, channels: [channel], gap: 300 });
+      const sender = client(`qs-${t}`, { transports, channels: [channel], gated: true });
       const reader = client(`qr-${t}`, { transports, channels: [channel] });
       await sender.connect();
       await reader.connect();
       const got = collect(reader, "Q");
+      sender.hold();
       await herald.disconnect({ user: `qs-${t}` });
       await until(() => sender.cuts === 1, 5000, "the sender to notice the cut");
       assert.equal(sender.state, "connecting");
       const sent = [1, 2, 3, 4, 5].map((i) => sender.publish(channel, "Q", i));
       const call = sender.rpc("m", {}).then(() => null, (e) => e.code);
+      sender.release();
       const results = await Promise.all(sent);
       assert.equal(sender.state, "connected");
       assert.ok(results.every((r) => typeof r.id === "string"));
@@ -338,16 +358,18 @@ describe("client-side bounds", { timeout: 20000 }, () => {
 
   test("history gone while away: 'unrecovered' names the channel", async () => {
     const channel = "tiny:x";
-    const h = client("unrec", { channels: [channel], gap: 300 });
+    const h = client("unrec", { channels: [channel], gated: true });
     const unrecovered = [];
     h.on("unrecovered", (u) => unrecovered.push(u));
     const got = collect(h, "T");
     await h.connect();
     await herald.publish({ event: "T", channels: [channel], data: 0 });
     await until(() => got.length === 1, 5000, "a first event");
+    h.hold();
     await herald.disconnect({ user: "unrec" });
     await until(() => h.cuts === 1, 5000, "the cut");
     for (let i = 1; i <= 5; i++) await herald.publish({ event: "T", channels: [channel], data: i });
+    h.release();
     await until(() => unrecovered.length === 1, 5000, "'unrecovered'");
     assert.equal(unrecovered[0].channel, channel);
     assert.equal(h.state, "connected");
