@@ -123,13 +123,7 @@ async fn ident_with(gw: &Gateway, token: &str) -> (Client, Value) {
 async fn refused_with_4002(gw: &Gateway, token: &str) -> String {
     let (mut client, reply) = ident_with(gw, token).await;
     assert_eq!(reply["code"], 4002, "{token}: {reply}");
-    let (frame, close) = client.expect_disconnect().await;
-    assert_eq!(
-        (frame["code"].as_u64(), close),
-        (Some(4002), 4002),
-        "{frame}"
-    );
-    assert_eq!(frame["reconnect"], false, "{frame}");
+    client.expect_ended(4002, false).await;
     reply["error"].as_str().unwrap_or_default().to_owned()
 }
 
@@ -215,12 +209,7 @@ async fn the_ident_hook_allows_denies_expires_and_is_cached() {
     // An identity with an expiry ends the connection then, with 4002.
     let (mut carol, reply) = ident_with(&gw, "tok-carol-2s").await;
     assert_eq!(reply["ok"], true, "{reply}");
-    let (frame, close) = carol.expect_disconnect().await;
-    assert_eq!(
-        (frame["code"].as_u64(), close),
-        (Some(4002), 4002),
-        "{frame}"
-    );
+    let frame = carol.expect_ended(4002, true).await;
     assert!(
         frame["reason"].as_str().unwrap().contains("expired"),
         "{frame}"

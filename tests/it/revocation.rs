@@ -39,13 +39,7 @@ async fn ident(gw: &Gateway, token: &str) -> (Client, Value) {
 }
 
 async fn ended_with_4002(client: &mut Client, why: &str) {
-    let (frame, close) = client.expect_disconnect().await;
-    assert_eq!(
-        (frame["code"].as_u64(), close),
-        (Some(4002), 4002),
-        "{frame}"
-    );
-    assert_eq!(frame["reconnect"], false, "{frame}");
+    let frame = client.expect_ended(4002, false).await;
     assert_eq!(frame["reason"], why, "{frame}");
 }
 

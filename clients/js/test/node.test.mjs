@@ -140,6 +140,23 @@ describe("connecting", { timeout: 20000 }, () => {
     await until(() => calls === 3 && h.state === "connected", 5000, "a reconnect with a third token");
   });
 
+  test("a token that expires on a live connection: Herald ends it (4002) and getToken brings a new one", async () => {
+    let calls = 0;
+    const h = client(undefined, {
+      getToken: async () => {
+        calls += 1;
+        return token("short", { ttl: calls === 1 ? 2 : 3600 });
+      },
+    });
+    const disconnects = [];
+    h.on("disconnect", (d) => disconnects.push(d));
+    await h.connect();
+    // Herald's sweep runs every 5 s: the 2 s token ends within about 7 s.
+    await until(() => disconnects.length === 1 && calls === 2 && h.state === "connected", 12000, "the expiry and a reconnect with a fresh token");
+    assert.equal(disconnects[0].code, 4002);
+    assert.match(disconnects[0].reason, /expired/);
+  });
+
   test("a token that no longer allows a joined channel: the channel is dropped, the rest reconnects", async () => {
     let narrow = false;
     const h = client(undefined, {

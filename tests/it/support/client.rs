@@ -173,6 +173,19 @@ impl Client {
         (frame, code)
     }
 
+    /// Waits for a `disconnect` with `code` and `reconnect`, closed with the same code;
+    /// returns the frame.
+    pub async fn expect_ended(&mut self, code: u16, reconnect: bool) -> Value {
+        let (frame, close) = self.expect_disconnect().await;
+        assert_eq!(
+            (frame["code"].as_u64(), close),
+            (Some(u64::from(code)), code),
+            "{frame}"
+        );
+        assert_eq!(frame["reconnect"], reconnect, "{frame}");
+        frame
+    }
+
     /// The close code the server sent, once the socket closed.
     pub fn expect_closed_code(&self) -> u16 {
         match &self.closed {
