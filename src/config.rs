@@ -212,6 +212,10 @@ pub struct Cli {
     /// How long an idempotency key is remembered [default: 2m].
     #[arg(long, env = "HERALD_DEDUP_WINDOW", value_name = "DURATION")]
     pub dedup_window: Option<String>,
+    /// At shutdown, clients are told to wait a random delay up to this before reconnecting,
+    /// so a restart is not met by all of them at once [default: 5s; 0s: no delay].
+    #[arg(long, env = "HERALD_RECONNECT_SPREAD", value_name = "DURATION")]
+    pub reconnect_spread: Option<String>,
     /// How long shutdown waits for connections to close [default: 10s].
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE", value_name = "DURATION")]
     pub shutdown_grace: Option<String>,
@@ -296,6 +300,7 @@ struct FileConfig {
     max_revocations: Option<usize>,
     dedup_window: Option<String>,
     shutdown_grace: Option<String>,
+    reconnect_spread: Option<String>,
     node: Option<String>,
     log_format: Option<LogFormat>,
     demo: Option<bool>,
@@ -478,6 +483,8 @@ pub struct Config {
     pub dedup_window: Duration,
     /// How long shutdown waits.
     pub shutdown_grace: Duration,
+    /// The window over which a shutdown's clients are told to come back.
+    pub reconnect_spread: Duration,
     /// Node id, random when `None`.
     pub node: Option<String>,
     /// Log format.
@@ -892,6 +899,11 @@ impl Config {
                 "shutdown_grace",
                 cli.shutdown_grace.or(file.shutdown_grace),
                 "10s",
+            ),
+            reconnect_spread: p.duration(
+                "reconnect_spread",
+                cli.reconnect_spread.or(file.reconnect_spread),
+                "5s",
             ),
             longpoll: file.longpoll,
             sse: file.sse,

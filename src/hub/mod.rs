@@ -124,6 +124,8 @@ pub struct HubConfig {
     pub dedup_max_keys: usize,
     /// Most blocks, and most revocations of each kind, held at once.
     pub max_revocations: usize,
+    /// The window over which a shutdown's clients are told to come back.
+    pub reconnect_spread: Duration,
 }
 
 type ChannelGuard = ArcMutexGuard<RawMutex, Channel>;
@@ -261,8 +263,9 @@ impl Hub {
         // SeqCst pairs with `open`: a connection registered while this walks the registry
         // either is seen here or sees the flag there.
         self.0.shutting_down.store(true, Ordering::SeqCst);
+        let spread = self.0.config.reconnect_spread;
         for conn in self.0.conns.iter() {
-            conn.end(shutdown_disconnect());
+            conn.end(shutdown_disconnect(spread));
         }
     }
 
@@ -508,8 +511,16 @@ impl Hub {
     }
 }
 
-fn shutdown_disconnect() -> Disconnect {
-    Disconnect::new(4100, "shutdown", true)
+/// 4100 with a reconnect delay drawn evenly from `[0, spread]`, so the clients of a restart
+/// come back spread over that time instead of all at once.
+fn shutdown_disconnect(spread: Duration) -> Disconnect {
+    let spread_ms = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX);
+    let delay = if spread_ms == 0 {
+        0
+    } else {
+        rand::random_range(0..=spread_ms)
+    };
+    Disconnect::new(4100, "shutdown", true).with_reconnect_delay(delay)
 }
 
 impl SessionHub for Hub {
@@ -546,7 +557,7 @@ impl SessionHub for Hub {
         self.0.metrics.connections_opened.inc();
         // Shutdown may have walked the registry before this connection was in it.
         if self.0.shutting_down.load(Ordering::SeqCst) {
-            conn.end(shutdown_disconnect());
+            conn.end(shutdown_disconnect(config.reconnect_spread));
         }
         self.0.auth_deadlines.watch(&conn);
         Ok((
@@ -605,6 +616,7 @@ mod tests {
             max_connections_per_ip: 0,
             max_connections_per_user: 0,
             max_revocations: 100,
+            reconnect_spread: Duration::from_secs(5),
             max_channels: 1000,
             max_envelope_targets: 100,
             max_presence_members: 100,

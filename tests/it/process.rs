@@ -210,22 +210,33 @@ async fn a_client_that_stops_reading_is_cut_with_4102_while_others_get_everythin
 
 #[tokio::test]
 async fn sigterm_sends_4100_to_every_client_and_exits_0() {
-    let mut herald = Herald::spawn(&[]).await;
+    let mut herald = Herald::spawn(&["--reconnect-spread", "3s"]).await;
     let mut clients = Vec::new();
-    for i in 0..3 {
+    for i in 0..20 {
         clients.push(herald.client(&format!("u{i}"), "room").await);
     }
     let mut unidentified = Client::connect(&format!("ws://{}/ws", herald.addr)).await;
     // SAFETY: kill(2) with a pid we own and a valid signal number.
     assert_eq!(unsafe { libc::kill(herald.pid(), libc::SIGTERM) }, 0);
+    let mut delays = Vec::new();
     for client in clients.iter_mut().chain(std::iter::once(&mut unidentified)) {
-        let (frame, code) = client.expect_disconnect().await;
+        let (mut frame, code) = client.expect_disconnect().await;
+        // Each client is told its own time to come back, within the spread.
+        let delay = frame["reconnect_delay"]
+            .as_u64()
+            .expect("a reconnect delay");
+        assert!(delay <= 3000, "{frame}");
+        delays.push(delay);
+        frame.as_object_mut().unwrap().remove("reconnect_delay");
         assert_eq!(
             frame,
             json!({"op": "disconnect", "code": 4100, "reason": "shutdown", "reconnect": true})
         );
         assert_eq!(code, 4100);
     }
+    delays.sort_unstable();
+    delays.dedup();
+    assert!(delays.len() > 10, "spread, not one instant: {delays:?}");
     let status = tokio::time::timeout(WAIT, herald.child.wait())
         .await
         .expect("exits in time")

@@ -969,7 +969,9 @@
         }
       }
       this._emit("disconnect", { code: frame ? frame.code : code, reason: frame ? frame.reason : reason, reconnect: true });
-      this._reconnect();
+      // A restarting server spreads its clients' return with `reconnect_delay` (ms).
+      const advised = frame && Number.isFinite(frame.reconnect_delay) ? Math.max(0, frame.reconnect_delay) : undefined;
+      this._reconnect(advised);
     }
 
     _failInFlight(error) {

@@ -162,6 +162,9 @@ pub struct Disconnect {
     pub reason: String,
     /// Whether the client should reconnect.
     pub reconnect: bool,
+    /// How long the client should wait before it does, so that a restart's clients do not
+    /// all come back in the same instant.
+    pub reconnect_delay_ms: Option<u64>,
 }
 
 impl Disconnect {
@@ -171,14 +174,24 @@ impl Disconnect {
             code,
             reason: reason.into(),
             reconnect,
+            reconnect_delay_ms: None,
         }
+    }
+
+    /// The same, advising the client to wait `ms` before reconnecting.
+    pub fn with_reconnect_delay(mut self, ms: u64) -> Self {
+        self.reconnect_delay_ms = Some(ms);
+        self
     }
 
     /// The `{"op":"disconnect",…}` frame.
     pub fn frame(&self) -> Bytes {
-        let json = serde_json::json!({
+        let mut json = serde_json::json!({
             "op": "disconnect", "code": self.code, "reason": self.reason, "reconnect": self.reconnect,
         });
+        if let Some(ms) = self.reconnect_delay_ms {
+            json["reconnect_delay"] = ms.into();
+        }
         Bytes::from(json.to_string())
     }
 
