@@ -212,6 +212,9 @@ pub struct Cli {
     /// How long an idempotency key is remembered [default: 2m].
     #[arg(long, env = "HERALD_DEDUP_WINDOW", value_name = "DURATION")]
     pub dedup_window: Option<String>,
+    /// A TLS handshake must complete within this, or the connection is closed [default: 10s].
+    #[arg(long, env = "HERALD_TLS_HANDSHAKE_TIMEOUT", value_name = "DURATION")]
+    pub tls_handshake_timeout: Option<String>,
     /// At shutdown, clients are told to wait a random delay up to this before reconnecting,
     /// so a restart is not met by all of them at once [default: 5s; 0s: no delay].
     #[arg(long, env = "HERALD_RECONNECT_SPREAD", value_name = "DURATION")]
@@ -301,6 +304,7 @@ struct FileConfig {
     dedup_window: Option<String>,
     shutdown_grace: Option<String>,
     reconnect_spread: Option<String>,
+    tls_handshake_timeout: Option<String>,
     node: Option<String>,
     log_format: Option<LogFormat>,
     demo: Option<bool>,
@@ -485,6 +489,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The window over which a shutdown's clients are told to come back.
     pub reconnect_spread: Duration,
+    /// How long a TLS handshake may take.
+    pub tls_handshake_timeout: Duration,
     /// Node id, random when `None`.
     pub node: Option<String>,
     /// Log format.
@@ -904,6 +910,11 @@ impl Config {
                 "reconnect_spread",
                 cli.reconnect_spread.or(file.reconnect_spread),
                 "5s",
+            ),
+            tls_handshake_timeout: p.duration(
+                "tls_handshake_timeout",
+                cli.tls_handshake_timeout.or(file.tls_handshake_timeout),
+                "10s",
             ),
             longpoll: file.longpoll,
             sse: file.sse,

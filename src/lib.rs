@@ -311,7 +311,9 @@ impl Prepared {
             Some(tls) => {
                 let rustls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
                 reloadable = config.tls.clone().map(|source| (rustls.clone(), source));
-                let tls = axum_server::tls_rustls::RustlsAcceptor::new(rustls).acceptor(nodelay);
+                let tls = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
+                    .handshake_timeout(config.tls_handshake_timeout)
+                    .acceptor(nodelay);
                 let server = server.acceptor(FirstByteDeadline::new(
                     tls,
                     header_timeout,

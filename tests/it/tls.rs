@@ -220,3 +220,34 @@ async fn a_new_certificate_is_taken_without_dropping_connections_and_a_bad_one_i
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_stalled_tls_handshake_is_closed_at_the_handshake_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let gw = start(&[
+        "--tls-self-signed",
+        "--tls-dir",
+        dir_arg,
+        "--tls-handshake-timeout",
+        "500ms",
+    ])
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    // The first bytes of a ClientHello record, then nothing: past the first-byte deadline,
+    // inside the handshake.
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x00, 0xf0])
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        // Well before the 10 s default: only the configured 500 ms can have closed it.
+        .expect("closed within 5 s");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "closed, not answered: {read:?}"
+    );
+    gw.stop().await;
+}
