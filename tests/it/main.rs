@@ -10,6 +10,7 @@ mod client_files;
 mod cors;
 mod filetail;
 mod framing;
+mod fuzz;
 mod http_api;
 mod js_client;
 mod jwt;
