@@ -59,6 +59,7 @@ fn hub() -> Hub {
         max_connections_per_user: 0,
         max_revocations: 1000,
         reconnect_spread: Duration::from_secs(5),
+        accept_ramp: Arc::new(herald::hub::AcceptRamp::new(Duration::ZERO, 1)),
         max_channels: 1_000_000,
         max_envelope_targets: 10_000,
         max_presence_members: 1000,

@@ -212,6 +212,14 @@ pub struct Cli {
     /// How long an idempotency key is remembered [default: 2m].
     #[arg(long, env = "HERALD_DEDUP_WINDOW", value_name = "DURATION")]
     pub dedup_window: Option<String>,
+    /// For this long after a start, new connections are admitted gradually: see
+    /// `--accept-ramp-start` [default: 0s, no ramp].
+    #[arg(long, env = "HERALD_ACCEPT_RAMP", value_name = "DURATION")]
+    pub accept_ramp: Option<String>,
+    /// New connections per second in the ramp's first second; it doubles every second after
+    /// [default: 1000].
+    #[arg(long, env = "HERALD_ACCEPT_RAMP_START", value_name = "N")]
+    pub accept_ramp_start: Option<usize>,
     /// A TLS handshake must complete within this, or the connection is closed [default: 10s].
     #[arg(long, env = "HERALD_TLS_HANDSHAKE_TIMEOUT", value_name = "DURATION")]
     pub tls_handshake_timeout: Option<String>,
@@ -305,6 +313,8 @@ struct FileConfig {
     shutdown_grace: Option<String>,
     reconnect_spread: Option<String>,
     tls_handshake_timeout: Option<String>,
+    accept_ramp: Option<String>,
+    accept_ramp_start: Option<usize>,
     node: Option<String>,
     log_format: Option<LogFormat>,
     demo: Option<bool>,
@@ -491,6 +501,10 @@ pub struct Config {
     pub reconnect_spread: Duration,
     /// How long a TLS handshake may take.
     pub tls_handshake_timeout: Duration,
+    /// How long new connections are admitted gradually after a start.
+    pub accept_ramp: Duration,
+    /// The ramp's rate in its first second.
+    pub accept_ramp_start: usize,
     /// Node id, random when `None`.
     pub node: Option<String>,
     /// Log format.
@@ -915,6 +929,12 @@ impl Config {
                 "tls_handshake_timeout",
                 cli.tls_handshake_timeout.or(file.tls_handshake_timeout),
                 "10s",
+            ),
+            accept_ramp: p.duration("accept_ramp", cli.accept_ramp.or(file.accept_ramp), "0s"),
+            accept_ramp_start: p.positive(
+                "accept_ramp_start",
+                cli.accept_ramp_start.or(file.accept_ramp_start),
+                1000,
             ),
             longpoll: file.longpoll,
             sse: file.sse,

@@ -194,6 +194,10 @@ pub fn prepare(config: Config, listener: std::net::TcpListener) -> Result<Prepar
             max_connections_per_user: config.max_connections_per_user,
             max_revocations: config.max_revocations,
             reconnect_spread: config.reconnect_spread,
+            accept_ramp: Arc::new(hub::AcceptRamp::new(
+                config.accept_ramp,
+                config.accept_ramp_start,
+            )),
             rates: hub::RateLimits {
                 frames_per_second: u32::try_from(config.max_frames_per_second).unwrap_or(u32::MAX),
                 publishes_per_second: u32::try_from(config.max_publishes_per_second)

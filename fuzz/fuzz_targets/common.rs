@@ -48,6 +48,7 @@ pub fn hub() -> Hub {
         max_connections_per_user: 0,
         max_revocations: 16,
         reconnect_spread: Duration::from_secs(1),
+        accept_ramp: Arc::new(herald::hub::AcceptRamp::new(Duration::ZERO, 1)),
         max_channels: 64,
         max_envelope_targets: 16,
         max_presence_members: 8,

@@ -63,7 +63,7 @@ pub use backends::{Backends, RpcSetup};
 pub use channel::ChannelRule;
 pub use event::EventBody;
 pub use hooks::AuthSetup;
-pub use rate::RateLimits;
+pub use rate::{AcceptRamp, RateLimits};
 
 use crate::auth::Auth;
 use crate::metrics::Metrics;
@@ -126,6 +126,8 @@ pub struct HubConfig {
     pub max_revocations: usize,
     /// The window over which a shutdown's clients are told to come back.
     pub reconnect_spread: Duration,
+    /// New connections admitted gradually right after the start.
+    pub accept_ramp: Arc<AcceptRamp>,
 }
 
 type ChannelGuard = ArcMutexGuard<RawMutex, Channel>;
@@ -532,6 +534,13 @@ impl SessionHub for Hub {
             return Err(OpenError::ShuttingDown);
         }
         let config = &self.0.config;
+        if !config
+            .accept_ramp
+            .admit(self.0.started.elapsed(), Instant::now())
+        {
+            self.0.metrics.limit_hit("accept_ramp");
+            return Err(OpenError::Ramping);
+        }
         let ip = config
             .trusted_proxies
             .client_ip(peer.remote, peer.forwarded.as_deref());
@@ -617,6 +626,7 @@ mod tests {
             max_connections_per_user: 0,
             max_revocations: 100,
             reconnect_spread: Duration::from_secs(5),
+            accept_ramp: Arc::new(AcceptRamp::new(Duration::ZERO, 1)),
             max_channels: 1000,
             max_envelope_targets: 100,
             max_presence_members: 100,

@@ -1,6 +1,9 @@
 //! Per-connection rate limits: token buckets for client frames and for client publishes.
 //! A frame over the limit is answered 4029; a connection refused more than a second's worth
-//! of frames within [`ABUSE_WINDOW_MS`] is disconnected.
+//! of frames within [`ABUSE_WINDOW_MS`] is disconnected. And the node's own ramp: right after
+//! a start, new connections are admitted at a rate that doubles every second.
+
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -99,6 +102,46 @@ impl State {
     }
 }
 
+/// New connections admitted per second during the first `window` after a start: `start`
+/// in the first second, doubling each second after; unlimited once the window is over.
+pub struct AcceptRamp {
+    window: Duration,
+    start: f64,
+    /// Tokens left, and when they were counted.
+    bucket: Mutex<(f64, Option<Instant>)>,
+}
+
+impl AcceptRamp {
+    /// A ramp over `window` (zero: none) starting at `start` connections per second.
+    pub fn new(window: Duration, start: usize) -> Self {
+        Self {
+            window,
+            start: start.max(1) as f64,
+            bucket: Mutex::new((start.max(1) as f64, None)),
+        }
+    }
+
+    /// Whether one more connection may be admitted `since_start` after the hub started.
+    pub fn admit(&self, since_start: Duration, now: Instant) -> bool {
+        if since_start >= self.window {
+            return true;
+        }
+        let rate = self.start * 2f64.powi(since_start.as_secs().min(60) as i32);
+        let mut bucket = self.bucket.lock();
+        let (tokens, last) = &mut *bucket;
+        if let Some(last) = *last {
+            *tokens = (*tokens + now.duration_since(last).as_secs_f64() * rate).min(rate);
+        }
+        *last = Some(now);
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +174,28 @@ mod tests {
         assert_eq!(buckets.publish(limits, 500), Rate::Allowed);
         assert_eq!(buckets.publish(limits, 500), Rate::Refused);
         assert_eq!(buckets.publish(limits, 1000), Rate::Allowed);
+    }
+
+    #[test]
+    fn the_accept_ramp_doubles_each_second_and_ends() {
+        let ramp = AcceptRamp::new(Duration::from_secs(3), 4);
+        let t0 = Instant::now();
+        let admitted = |at: Duration| (0..100).filter(|_| ramp.admit(at, t0 + at)).count();
+        assert_eq!(admitted(Duration::ZERO), 4, "the first second's burst");
+        assert_eq!(
+            admitted(Duration::from_millis(500)),
+            2,
+            "half a second at 4/s"
+        );
+        assert_eq!(
+            admitted(Duration::from_millis(1500)),
+            8,
+            "a second later at 8/s"
+        );
+        assert_eq!(admitted(Duration::from_secs(3)), 100, "the ramp is over");
+        assert!(
+            AcceptRamp::new(Duration::ZERO, 1).admit(Duration::ZERO, t0),
+            "no ramp"
+        );
     }
 }

@@ -533,3 +533,36 @@ async fn connections_per_user_are_capped_at_ident() {
     assert!(identified, "the closed connection's place came back");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn right_after_a_start_new_connections_are_admitted_gradually() {
+    // 3 connections in the first second, 6 in the next…: 60 upgrades at once cannot all get
+    // in (even spread over three seconds, 45 could), and those refused are told to retry.
+    let gw = start(&["--accept-ramp", "60s", "--accept-ramp-start", "3"]).await;
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..60 {
+        match upgrade(&gw, None).await {
+            Ok(client) => admitted.push(client),
+            Err(status) => {
+                assert_eq!(status, 503);
+                refused += 1;
+            }
+        }
+    }
+    println!(
+        "accept ramp: {} admitted, {refused} refused of 60",
+        admitted.len()
+    );
+    assert!(admitted.len() >= 3, "the first burst gets in");
+    assert!(refused > 0, "not everyone at once");
+    let (status, body) = gw.post("/lp/open", &json!({})).await;
+    if status == 503 {
+        assert_eq!(body["code"], 4503, "{body}");
+    }
+    assert!(gw
+        .metrics()
+        .await
+        .contains(r#"herald_limit_hits_total{limit="accept_ramp"}"#));
+    gw.stop().await;
+}

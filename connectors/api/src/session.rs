@@ -43,6 +43,9 @@ pub enum OpenError {
     /// This client address has as many connections as it may.
     #[error("too many connections from this address")]
     TooManyFromAddress,
+    /// The node started moments ago and admits new connections gradually.
+    #[error("starting up: new connections are admitted gradually, retry shortly")]
+    Ramping,
 }
 
 impl OpenError {
@@ -50,7 +53,7 @@ impl OpenError {
     pub fn code(&self) -> u16 {
         match self {
             Self::ShuttingDown => 4100,
-            Self::TooManyConnections => 4503,
+            Self::TooManyConnections | Self::Ramping => 4503,
             Self::TooManyFromAddress => 4029,
         }
     }

@@ -20,9 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use herald_connector_api::{
-    ClientSession, Disconnect, OpenError, Outbox, PeerInfo, Received, SessionHub,
-};
+use herald_connector_api::{ClientSession, Disconnect, Outbox, PeerInfo, Received, SessionHub};
 use tokio::time::{timeout, Instant};
 use tokio_util::task::TaskTracker;
 
@@ -84,12 +82,9 @@ async fn upgrade(
     let peer = PeerInfo::from_request("ws", Some(remote), &headers, false);
     let (session, outbox) = match state.hub.open(peer) {
         Ok(opened) => opened,
-        Err(
-            err @ (OpenError::TooManyConnections
-            | OpenError::ShuttingDown
-            | OpenError::TooManyFromAddress),
-        ) => {
-            return (StatusCode::SERVICE_UNAVAILABLE, err.to_string()).into_response();
+        Err(err) => {
+            let retry = [(axum::http::header::RETRY_AFTER, "1")];
+            return (StatusCode::SERVICE_UNAVAILABLE, retry, err.to_string()).into_response();
         }
     };
     let config = state.config.clone();
