@@ -528,13 +528,20 @@ impl Problems {
     }
 
     fn duration(&mut self, key: &str, text: Option<String>, default: &str) -> Duration {
-        let text = text.unwrap_or_else(|| default.to_owned());
-        match humantime::parse_duration(&text) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
+        match self.duration_or_zero(key, text, default) {
+            d if d.is_zero() => {
                 self.add(key, "must be greater than zero");
                 Duration::from_secs(1)
             }
+            d => d,
+        }
+    }
+
+    /// A duration where `0s` means "off".
+    fn duration_or_zero(&mut self, key: &str, text: Option<String>, default: &str) -> Duration {
+        let text = text.unwrap_or_else(|| default.to_owned());
+        match humantime::parse_duration(&text) {
+            Ok(d) => d,
             Err(e) => {
                 self.add(
                     key,
@@ -920,7 +927,7 @@ impl Config {
                 cli.shutdown_grace.or(file.shutdown_grace),
                 "10s",
             ),
-            reconnect_spread: p.duration(
+            reconnect_spread: p.duration_or_zero(
                 "reconnect_spread",
                 cli.reconnect_spread.or(file.reconnect_spread),
                 "5s",
@@ -930,7 +937,11 @@ impl Config {
                 cli.tls_handshake_timeout.or(file.tls_handshake_timeout),
                 "10s",
             ),
-            accept_ramp: p.duration("accept_ramp", cli.accept_ramp.or(file.accept_ramp), "0s"),
+            accept_ramp: p.duration_or_zero(
+                "accept_ramp",
+                cli.accept_ramp.or(file.accept_ramp),
+                "0s",
+            ),
             accept_ramp_start: p.positive(
                 "accept_ramp_start",
                 cli.accept_ramp_start.or(file.accept_ramp_start),
