@@ -40,7 +40,8 @@ pub async fn run(
         let why = tokio::select! {
             () = shutdown.cancelled() => return,
             _ = hung_up => "SIGHUP",
-            _ = tick.tick() => {
+            // Without TLS there are no files to watch.
+            _ = tick.tick(), if tls.is_some() => {
                 let now = tls.as_ref().map(|(_, source)| files_stamp(source));
                 if now == seen {
                     continue;

@@ -80,13 +80,8 @@ impl Ops {
         })
     }
 
-    /// 4029 for a frame or a publish over its rate.
-    fn refuse_rate(&self, id: Option<u64>, what: &str) {
-        let rates = self.hub.0.config.rates;
-        let (key, per_second) = match what {
-            "frames" => ("max_frames_per_second", rates.frames_per_second),
-            _ => ("max_publishes_per_second", rates.publishes_per_second),
-        };
+    /// 4029 for a frame or a publish over its rate (`key`, the bound's config key).
+    fn refuse_rate(&self, id: Option<u64>, key: &'static str, per_second: u32, what: &str) {
         self.hub.metrics().limit_hit(key);
         let message = format!("rate limited: more than {per_second} {what} per second");
         self.refuse(id, &OpError::new(4029, message));
@@ -186,18 +181,28 @@ impl Ops {
             return Err(OpError::bad_frame("already identified"));
         }
         let reply_id = f.id;
-        match self.authenticate(f.token.as_deref(), &wanted) {
+        let authenticated = self.authenticate(f.token.as_deref(), &wanted);
+        Ok(self.with_identity(authenticated, move |ops, identity| {
+            ops.conclude_ident(identity, &wanted, reply_id);
+        }))
+    }
+
+    /// Runs `conclude` on an authentication's outcome: now, or once its hook answered, the
+    /// frames that come meanwhile held until then.
+    fn with_identity(
+        &self,
+        authenticated: Authenticated,
+        conclude: impl FnOnce(&Ops, Result<Identity, OpError>) + Send + 'static,
+    ) -> Flow {
+        match authenticated {
             Authenticated::Now(identity) => {
-                self.conclude_ident(identity, &wanted, reply_id);
-                Ok(Flow::Done)
+                conclude(self, identity);
+                Flow::Done
             }
             Authenticated::Later(pending) => {
                 let ops = self.clone();
-                self.wait_for(async move {
-                    let identity = pending.await;
-                    ops.conclude_ident(identity, &wanted, reply_id);
-                });
-                Ok(Flow::Waiting)
+                self.wait_for(async move { conclude(&ops, pending.await) });
+                Flow::Waiting
             }
         }
     }
@@ -447,20 +452,10 @@ impl Ops {
     fn refresh(&self, f: &Frame, identity: &Identity) -> Result<Flow, OpError> {
         let token = required(&f.token, "token")?;
         let (user, id) = (identity.user.clone(), f.id);
-        match self.authenticate(Some(token), &[]) {
-            Authenticated::Now(fresh) => {
-                self.conclude_refresh(fresh, &user, id);
-                Ok(Flow::Done)
-            }
-            Authenticated::Later(pending) => {
-                let ops = self.clone();
-                self.wait_for(async move {
-                    let fresh = pending.await;
-                    ops.conclude_refresh(fresh, &user, id);
-                });
-                Ok(Flow::Waiting)
-            }
-        }
+        let authenticated = self.authenticate(Some(token), &[]);
+        Ok(self.with_identity(authenticated, move |ops, fresh| {
+            ops.conclude_refresh(fresh, &user, id);
+        }))
     }
 
     /// Applies a refresh: the same user, not blocked or revoked, gets the new expiry; any
@@ -523,7 +518,8 @@ impl Ops {
             .publish(self.hub.0.config.rates, self.hub.clock_ms())
             != Rate::Allowed
         {
-            self.refuse_rate(f.id, "publishes");
+            let per_second = self.hub.0.config.rates.publishes_per_second;
+            self.refuse_rate(f.id, "max_publishes_per_second", per_second, "publishes");
             return Ok(());
         }
         if !self.hub.rule_for(&name).client_publish {
@@ -711,7 +707,13 @@ impl ClientSession for Session {
                 {
                     Rate::Allowed => {}
                     Rate::Refused => {
-                        ops.refuse_rate(frame::id_of(raw), "frames");
+                        let per_second = ops.hub.0.config.rates.frames_per_second;
+                        ops.refuse_rate(
+                            frame::id_of(raw),
+                            "max_frames_per_second",
+                            per_second,
+                            "frames",
+                        );
                         continue;
                     }
                     Rate::Abusive => {
