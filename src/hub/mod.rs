@@ -301,7 +301,7 @@ impl Hub {
                 && conn.end(Disconnect::new(
                     4002,
                     "authentication expired: refresh the token",
-                    true,
+                    false,
                 ))
             {
                 tracing::info!(conn = %conn.id, "credentials expired");

@@ -209,7 +209,7 @@ async fn the_ident_hook_allows_denies_expires_and_is_cached() {
     // An identity with an expiry ends the connection then, with 4002.
     let (mut carol, reply) = ident_with(&gw, "tok-carol-2s").await;
     assert_eq!(reply["ok"], true, "{reply}");
-    let frame = carol.expect_ended(4002, true).await;
+    let frame = carol.expect_ended(4002, false).await;
     assert!(
         frame["reason"].as_str().unwrap().contains("expired"),
         "{frame}"
