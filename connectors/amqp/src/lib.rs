@@ -291,21 +291,22 @@ impl Consuming<'_> {
             }
         }
         let content_type = props.content_type().as_ref().map(ToString::to_string);
-        let handled =
-            self.ingest.handle(
-                &self.config.queue,
-                &delivery.data,
-                |ingest, body| match content_type.as_deref() {
-                    None | Some("application/json" | "text/json" | "text/plain") => {
-                        ingest.publish_body(body)
-                    }
-                    Some(other) => herald_connector_api::Handled::refused(
-                        4000,
-                        &format!("content_type: {other} is not application/json"),
-                        "content_type",
-                    ),
-                },
-            );
+        let publish = async {
+            match content_type.as_deref() {
+                None | Some("application/json" | "text/json" | "text/plain") => {
+                    self.ingest.publish_body(&delivery.data).await
+                }
+                Some(other) => herald_connector_api::Handled::refused(
+                    4000,
+                    &format!("content_type: {other} is not application/json"),
+                    "content_type",
+                ),
+            }
+        };
+        let handled = self
+            .ingest
+            .handle(&self.config.queue, &delivery.data, publish)
+            .await;
         if let (Some(reply_to), Verdict::Accepted | Verdict::Rejected(_)) =
             (props.reply_to(), handled.verdict)
         {

@@ -1,6 +1,9 @@
 //! What publishers (HTTP API, NATS, AMQP, file tail) and the admin API may ask of the core.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -35,15 +38,19 @@ pub enum PublishError {
     /// A configured bound is reached (channels, idempotency keys); retry later.
     #[error(transparent)]
     AtCapacity(#[from] AtCapacity),
+    /// The cluster log could not store the event, so it was delivered nowhere; retry later.
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl PublishError {
-    /// The contract's code: 4000 bad input, 4100 shutting down, 4503 at capacity.
+    /// The contract's code: 4000 bad input, 4100 shutting down, 4503 at capacity or the
+    /// cluster unavailable.
     pub fn code(&self) -> u16 {
         match self {
             Self::Invalid(_) => 4000,
             Self::ShuttingDown => 4100,
-            Self::AtCapacity(_) => 4503,
+            Self::AtCapacity(_) | Self::Unavailable(_) => 4503,
         }
     }
 
@@ -194,6 +201,48 @@ pub struct GatewayInfo {
     pub connections: usize,
     /// Channels with members or history.
     pub channels: usize,
+    /// The live nodes of the cluster with their connections (absent on a single node).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<crate::cluster::NodeInfo>,
+}
+
+/// A publish in progress: ready at once on a single node, a round trip to the cluster log
+/// (which must store the event before it is answered) on a cluster.
+pub struct Publishing(PublishingState);
+
+enum PublishingState {
+    Ready(Option<Result<Published, PublishError>>),
+    Waiting(Pin<Box<dyn Future<Output = Result<Published, PublishError>> + Send>>),
+}
+
+impl Publishing {
+    /// A publish already decided.
+    pub fn ready(result: Result<Published, PublishError>) -> Self {
+        Self(PublishingState::Ready(Some(result)))
+    }
+
+    /// A publish that `future` decides.
+    pub fn waiting(
+        future: impl Future<Output = Result<Published, PublishError>> + Send + 'static,
+    ) -> Self {
+        Self(PublishingState::Waiting(Box::pin(future)))
+    }
+}
+
+impl Future for Publishing {
+    type Output = Result<Published, PublishError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            // Polled again after it answered: a caller bug, answered as a refusal.
+            PublishingState::Ready(result) => Poll::Ready(
+                result
+                    .take()
+                    .unwrap_or(Err(PublishError::Unavailable("polled twice".into()))),
+            ),
+            PublishingState::Waiting(future) => future.as_mut().poll(cx),
+        }
+    }
 }
 
 /// The core as publishers and the admin API see it. Calls never wait on a client.
@@ -202,7 +251,7 @@ pub trait Gateway: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`PublishError`] when the envelope is refused.
-    fn publish(&self, envelope: Envelope) -> Result<Published, PublishError>;
+    fn publish(&self, envelope: Envelope) -> Publishing;
     /// Every channel with members or history.
     fn channels(&self) -> Vec<ChannelSummary>;
     /// The members of a channel (for `*`, every identified connection).

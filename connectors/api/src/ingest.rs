@@ -72,12 +72,13 @@ impl Ingest {
     }
 
     /// Counts a message in and, once `publish` made its [`Handled`], counts and logs a refusal.
-    /// `what` names the message in the log (a subject, a queue).
-    pub fn handle(
+    /// `what` names the message in the log (a subject, a queue). `publish` is polled only for
+    /// a body within `max_body_size`.
+    pub async fn handle(
         &self,
         what: &str,
         body: &[u8],
-        publish: impl FnOnce(&Self, &[u8]) -> Handled,
+        publish: impl std::future::Future<Output = Handled>,
     ) -> Handled {
         self.status.received(1);
         let handled = if body.len() > self.max_body_size {
@@ -87,7 +88,7 @@ impl Ingest {
             );
             Handled::refused(4009, &error, "too_large")
         } else {
-            publish(self, body)
+            publish.await
         };
         if let Verdict::Rejected(reason) | Verdict::Retry(reason) = handled.verdict {
             self.status.rejected(reason);
@@ -103,17 +104,17 @@ impl Ingest {
     }
 
     /// Publishes a body that is an envelope or an array of them.
-    pub fn publish_body(&self, body: &[u8]) -> Handled {
+    pub async fn publish_body(&self, body: &[u8]) -> Handled {
         match Envelope::batch_from_json(body) {
-            Ok(EnvelopeBatch::One(envelope)) => self.publish(envelope),
-            Ok(EnvelopeBatch::Many(items)) => self.publish_batch(items),
+            Ok(EnvelopeBatch::One(envelope)) => self.publish(envelope).await,
+            Ok(EnvelopeBatch::Many(items)) => self.publish_batch(items).await,
             Err(e) => Handled::invalid(&e),
         }
     }
 
     /// Publishes one envelope.
-    pub fn publish(&self, envelope: Envelope) -> Handled {
-        let result = self.gateway.publish(envelope);
+    pub async fn publish(&self, envelope: Envelope) -> Handled {
+        let result = self.gateway.publish(envelope).await;
         let verdict = self.verdict(&result);
         Handled {
             answer: to_json(&PublishOutcome::from(result)),
@@ -121,25 +122,24 @@ impl Ingest {
         }
     }
 
-    fn publish_batch(&self, items: Vec<Result<Envelope, FieldError>>) -> Handled {
+    async fn publish_batch(&self, items: Vec<Result<Envelope, FieldError>>) -> Handled {
         let mut verdict = Verdict::Accepted;
-        let outcomes: Vec<PublishOutcome> = items
-            .into_iter()
-            .map(|item| {
-                let result = item
-                    .map_err(PublishError::from)
-                    .and_then(|e| self.gateway.publish(e));
-                // One item to retry makes the whole message come again (its accepted items
-                // are answered from the idempotency window when they carry a `key`); else one
-                // malformed item is reported, the rest stand.
-                match (self.verdict(&result), verdict) {
-                    (retry @ Verdict::Retry(_), _) => verdict = retry,
-                    (rejected @ Verdict::Rejected(_), Verdict::Accepted) => verdict = rejected,
-                    _ => {}
-                }
-                PublishOutcome::from(result)
-            })
-            .collect();
+        let mut outcomes: Vec<PublishOutcome> = Vec::with_capacity(items.len());
+        for item in items {
+            let result = match item {
+                Ok(envelope) => self.gateway.publish(envelope).await,
+                Err(e) => Err(PublishError::from(e)),
+            };
+            // One item to retry makes the whole message come again (its accepted items are
+            // answered from the idempotency window when they carry a `key`); else one
+            // malformed item is reported, the rest stand.
+            match (self.verdict(&result), verdict) {
+                (retry @ Verdict::Retry(_), _) => verdict = retry,
+                (rejected @ Verdict::Rejected(_), Verdict::Accepted) => verdict = rejected,
+                _ => {}
+            }
+            outcomes.push(PublishOutcome::from(result));
+        }
         Handled {
             answer: to_json(&outcomes),
             verdict,
@@ -160,6 +160,7 @@ impl Ingest {
             Err(PublishError::Invalid(_)) => Verdict::Rejected("invalid"),
             Err(PublishError::AtCapacity(_)) => Verdict::Retry("at_capacity"),
             Err(PublishError::ShuttingDown) => Verdict::Retry("shutting_down"),
+            Err(PublishError::Unavailable(_)) => Verdict::Retry("cluster_unavailable"),
         }
     }
 }

@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - [`channel`]: channel names as the contract defines them (`chat`, `@alice`, `*`).
+//! - [`cluster`]: the shared event log of a cluster, and what it asks of the hub.
 //! - [`compact`]: JSON payloads with no whitespace outside strings, safe inside any frame.
 //! - [`envelope`]: the one publish envelope every backend path sends.
 //! - [`field`]: JSON parsing whose errors name the offending field.
@@ -21,6 +22,7 @@
 pub mod activity;
 pub mod backend;
 pub mod channel;
+pub mod cluster;
 pub mod compact;
 pub mod connector;
 pub mod envelope;
@@ -36,6 +38,10 @@ pub use backend::{
     IdentHookFuture, JoinHookFuture, RpcBackend, RpcCall, RpcError, RpcFuture,
 };
 pub use channel::{check_user_id, ChannelKind, ChannelName, ChannelNameError};
+pub use cluster::{
+    AdminCommand, Appended, ClusterLog, LogError, LogFuture, LogRecord, LogSink, NodeInfo,
+    RecordFrom,
+};
 pub use compact::CompactJson;
 pub use connector::{
     Connector, ConnectorContext, ConnectorCounts, ConnectorError, ConnectorSet, ConnectorStatus,
@@ -45,7 +51,7 @@ pub use envelope::{Envelope, EnvelopeBatch};
 pub use field::{parse_json, FieldError};
 pub use gateway::{
     AtCapacity, ChannelSummary, Gateway, GatewayInfo, HistoryError, HistoryPage, Member,
-    PublishError, PublishOutcome, Published, Revocation, Since, Target,
+    PublishError, PublishOutcome, Published, Publishing, Revocation, Since, Target,
 };
 pub use ingest::{Handled, Ingest, Verdict};
 pub use queue::{

@@ -222,7 +222,8 @@ impl Lines {
             loop {
                 let handled = self
                     .ingest
-                    .handle(&self.what, &text, |ingest, body| self.publish(ingest, body));
+                    .handle(&self.what, &text, self.publish(&self.ingest, &text))
+                    .await;
                 if !matches!(handled.verdict, Verdict::Retry(_)) {
                     break;
                 }
@@ -235,10 +236,10 @@ impl Lines {
         true
     }
 
-    fn publish(&self, ingest: &Ingest, line: &[u8]) -> Handled {
+    async fn publish(&self, ingest: &Ingest, line: &[u8]) -> Handled {
         let trimmed = line.trim_ascii_start();
         if trimmed.starts_with(b"{") || trimmed.starts_with(b"[") {
-            return ingest.publish_body(line);
+            return ingest.publish_body(line).await;
         }
         if self.channels.is_empty() {
             let error = FieldError::new("channels", "a plain-text line needs the file's channels");
@@ -249,15 +250,17 @@ impl Lines {
             .ok()
             .and_then(|quoted| RawValue::from_string(quoted).ok())
             .map_or_else(CompactJson::null, CompactJson::new);
-        ingest.publish(Envelope {
-            event: self.event.clone(),
-            channels: self.channels.clone(),
-            users: Vec::new(),
-            broadcast: false,
-            data,
-            except: Vec::new(),
-            key: None,
-        })
+        ingest
+            .publish(Envelope {
+                event: self.event.clone(),
+                channels: self.channels.clone(),
+                users: Vec::new(),
+                broadcast: false,
+                data,
+                except: Vec::new(),
+                key: None,
+            })
+            .await
     }
 }
 

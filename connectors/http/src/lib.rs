@@ -94,9 +94,9 @@ impl From<PublishError> for ApiError {
     fn from(err: PublishError) -> Self {
         let status = match &err {
             PublishError::Invalid(_) => StatusCode::BAD_REQUEST,
-            PublishError::ShuttingDown | PublishError::AtCapacity(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            PublishError::ShuttingDown
+            | PublishError::AtCapacity(_)
+            | PublishError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         Self {
             status,
@@ -172,13 +172,18 @@ async fn publish(
     let body = read_body(&state, body)?;
     let batch = Envelope::batch_from_json(&body).map_err(field_error)?;
     Ok(match batch {
-        EnvelopeBatch::One(envelope) => Json(state.gateway.publish(envelope)?).into_response(),
+        EnvelopeBatch::One(envelope) => {
+            Json(state.gateway.publish(envelope).await?).into_response()
+        }
         EnvelopeBatch::Many(items) => {
-            let results: Vec<PublishOutcome> = items
-                .into_iter()
-                .map(|item| state.gateway.publish(item?))
-                .map(PublishOutcome::from)
-                .collect();
+            let mut results: Vec<PublishOutcome> = Vec::with_capacity(items.len());
+            for item in items {
+                let result = match item {
+                    Ok(envelope) => state.gateway.publish(envelope).await,
+                    Err(e) => Err(e.into()),
+                };
+                results.push(PublishOutcome::from(result));
+            }
             Json(results).into_response()
         }
     })

@@ -9,6 +9,10 @@ use tokio_util::sync::CancellationToken;
 use crate::ingest::Subjects;
 use crate::NatsError;
 
+/// The queue group of every Herald node's subscriptions: several nodes (a cluster) share
+/// the messages, each taken by one of them, instead of each publishing it again.
+const QUEUE_GROUP: &str = "herald";
+
 /// Consumes `<prefix>.publish` and `<prefix>.channel.>` until `shutdown`.
 pub async fn run(
     client: &Client,
@@ -16,11 +20,11 @@ pub async fn run(
     shutdown: &CancellationToken,
 ) -> Result<(), NatsError> {
     let publish = client
-        .subscribe(ingest.publish_subject().to_owned())
+        .queue_subscribe(ingest.publish_subject().to_owned(), QUEUE_GROUP.into())
         .await
         .map_err(|e| NatsError::Subscribe(e.to_string()))?;
     let channels = client
-        .subscribe(ingest.channel_wildcard())
+        .queue_subscribe(ingest.channel_wildcard(), QUEUE_GROUP.into())
         .await
         .map_err(|e| NatsError::Subscribe(e.to_string()))?;
     let mut messages = futures_util::stream::select(publish, channels);
@@ -30,11 +34,13 @@ pub async fn run(
             message = messages.next() => message,
         };
         let Some(message) = message else { break };
-        let handled = ingest.handle(
-            message.subject.as_str(),
-            message.headers.as_ref(),
-            &message.payload,
-        );
+        let handled = ingest
+            .handle(
+                message.subject.as_str(),
+                message.headers.as_ref(),
+                &message.payload,
+            )
+            .await;
         if let Some(reply) = message.reply {
             if let Err(e) = client.publish(reply, handled.answer).await {
                 tracing::warn!(error = %e, "could not answer a NATS request");

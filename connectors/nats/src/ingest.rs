@@ -43,13 +43,14 @@ impl Subjects {
     }
 
     /// Handles one message and counts it.
-    pub fn handle(&self, subject: &str, headers: Option<&HeaderMap>, body: &[u8]) -> Handled {
-        self.ingest.handle(subject, body, |ingest, body| {
+    pub async fn handle(&self, subject: &str, headers: Option<&HeaderMap>, body: &[u8]) -> Handled {
+        let ingest = &self.ingest;
+        let publish = async {
             if subject == self.publish_subject {
-                ingest.publish_body(body)
+                ingest.publish_body(body).await
             } else if let Some(channel) = subject.strip_prefix(&self.channel_prefix) {
                 match channel_envelope(channel, headers, body) {
-                    Ok(envelope) => ingest.publish(envelope),
+                    Ok(envelope) => ingest.publish(envelope).await,
                     Err(e) => Handled::invalid(&e),
                 }
             } else {
@@ -57,7 +58,8 @@ impl Subjects {
                     FieldError::new("subject", format!("{subject} is not a Herald subject"));
                 Handled::invalid(&error)
             }
-        })
+        };
+        ingest.handle(subject, body, publish).await
     }
 }
 

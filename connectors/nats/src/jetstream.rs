@@ -134,11 +134,13 @@ async fn handle(
         ack(message, AckKind::Ack).await;
         return;
     }
-    let handled = ingest.handle(
-        message.subject.as_str(),
-        message.headers.as_ref(),
-        &message.payload,
-    );
+    let handled = ingest
+        .handle(
+            message.subject.as_str(),
+            message.headers.as_ref(),
+            &message.payload,
+        )
+        .await;
     let kind = match handled.verdict {
         Verdict::Accepted => {
             accepted.insert(sequence);
