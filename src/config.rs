@@ -112,6 +112,16 @@ pub struct Cli {
         value_name = "ORIGIN"
     )]
     pub cors_origins: Vec<String>,
+    /// NATS URL of the cluster this node joins (repeatable, or comma-separated in the
+    /// variable); overrides `cluster.nats`. None by default: a single node.
+    #[cfg(feature = "nats")]
+    #[arg(
+        long = "cluster-nats",
+        env = "HERALD_CLUSTER_NATS",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub cluster_nats: Vec<String>,
     /// Proxy whose `X-Forwarded-For` / `Forwarded` header names the client (an address or a
     /// network like 10.0.0.0/8; repeatable, or comma-separated in the variable). None by
     /// default: the socket's address is the client's.
@@ -339,6 +349,9 @@ struct FileConfig {
     amqp: Option<toml::Table>,
     #[serde(default)]
     file_tail: Vec<herald_connector_filetail::FileTailConfig>,
+    #[cfg(feature = "nats")]
+    cluster: Option<herald_cluster::ClusterConfig>,
+    #[cfg(not(feature = "nats"))]
     cluster: Option<toml::Table>,
 }
 
@@ -479,6 +492,9 @@ pub struct Config {
     pub amqp: Option<herald_connector_amqp::AmqpConfig>,
     /// The `[[file_tail]]` entries: files followed line by line.
     pub file_tail: Vec<herald_connector_filetail::FileTailConfig>,
+    /// The `[cluster]` section (with `--cluster-nats`); `None`: a single node.
+    #[cfg(feature = "nats")]
+    pub cluster: Option<herald_cluster::ClusterConfig>,
     /// The `[rpc]` section; `None`: clients' `rpc` gets 4500.
     pub rpc: Option<herald_connector_rpc::RpcConfig>,
     /// The `[auth_hooks]` section; `None`: JWTs alone decide.
@@ -770,6 +786,17 @@ impl Config {
         for (key, problem) in file.nats.iter().flat_map(|n| n.problems()) {
             p.add(key, problem);
         }
+        #[cfg(feature = "nats")]
+        let cluster = {
+            let mut cluster = file.cluster.clone().unwrap_or_default();
+            if !cli.cluster_nats.is_empty() {
+                cluster.nats = cli.cluster_nats.clone();
+            }
+            for (key, problem) in cluster.problems() {
+                p.add(key, problem);
+            }
+            cluster.enabled().then_some(cluster)
+        };
         for (key, problem) in file.rpc.iter().flat_map(|r| r.problems()) {
             p.add(key, problem);
         }
@@ -799,7 +826,10 @@ impl Config {
         let inactive_sections = [
             ("nats", cfg!(not(feature = "nats")) && file.nats.is_some()),
             ("amqp", cfg!(not(feature = "amqp")) && file.amqp.is_some()),
-            ("cluster", file.cluster.is_some()),
+            (
+                "cluster",
+                cfg!(not(feature = "nats")) && file.cluster.is_some(),
+            ),
         ]
         .into_iter()
         .filter_map(|(name, present)| present.then_some(name))
@@ -954,6 +984,8 @@ impl Config {
             rpc: file.rpc,
             auth_hooks: file.auth_hooks,
             file_tail: file.file_tail,
+            #[cfg(feature = "nats")]
+            cluster,
             #[cfg(feature = "amqp")]
             amqp: file.amqp,
             node: cli.node.or(file.node),

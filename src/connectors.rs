@@ -24,6 +24,42 @@ pub struct BackendError {
     message: String,
 }
 
+/// How long a node that joins a cluster may take to apply the log before it serves.
+#[cfg(feature = "nats")]
+const REPLAY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Makes `hub` a node of the cluster `config` names: its publishes go through the cluster's
+/// log, whose records it applies from the first one the log holds; returns once it applied
+/// every record the log held when it connected (its durable history), or after
+/// [`REPLAY_WAIT`]. The engine runs on `tasks` until `shutdown`.
+///
+/// # Errors
+/// [`BackendError`] when NATS cannot be reached or the stream cannot be set up.
+#[cfg(feature = "nats")]
+pub async fn join_cluster(
+    config: &herald_cluster::ClusterConfig,
+    hub: &Hub,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(), BackendError> {
+    let status = hub.metrics().connectors.register("cluster");
+    let (engine, start) = herald_cluster::Engine::connect(config, hub.node(), status)
+        .await
+        .map_err(|e| BackendError {
+            what: "cluster",
+            message: e.to_string(),
+        })?;
+    hub.attach_log(engine.clone(), &start.epoch, start.floor);
+    engine.run(Arc::new(hub.clone()), &start, tasks, shutdown);
+    let records = start.last.saturating_sub(start.floor);
+    if hub.catch_up_log(start.last, REPLAY_WAIT).await {
+        tracing::info!(cluster = %config.name, epoch = %start.epoch, records, "joined the cluster; history read from the log");
+    } else {
+        tracing::warn!(cluster = %config.name, records, "joined the cluster before the log was read through: early recoveries may fail");
+    }
+    Ok(())
+}
+
 /// Connects the rpc backend and the activity publisher the configuration asks for and hands
 /// them to `hub`. Calls run on `calls`; the activity publisher on `outbound`, until
 /// `outbound_shutdown` (cancel it after the connections are gone, so their disconnects go

@@ -288,6 +288,11 @@ impl Prepared {
         let token = CancellationToken::new();
         let (outbound, outbound_token) = (TaskTracker::new(), CancellationToken::new());
         connectors::connect_backends(&config, &hub, &tracker, &outbound, &outbound_token).await?;
+        // The cluster's tasks stop last too: the leaves of the closed clients reach the others.
+        #[cfg(feature = "nats")]
+        if let Some(cluster) = &config.cluster {
+            connectors::join_cluster(cluster, &hub, &outbound, &outbound_token).await?;
+        }
         // Connectors stop before the hub, so what they took is accepted and acknowledged
         // rather than refused with "shutting down" and delivered again.
         let (sources, sources_token) = (TaskTracker::new(), CancellationToken::new());

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub slow_consumer_cuts: Counter<u64, AtomicU64>,
     /// Publishes answered from the idempotency window instead of delivered again.
     pub duplicates_suppressed: Counter<u64, AtomicU64>,
+    /// Publishes refused (503) because the cluster log could not store them.
+    pub cluster_publish_failures: Counter<u64, AtomicU64>,
     /// Recoveries that returned every missed event.
     pub recoveries_ok: Counter<u64, AtomicU64>,
     /// Recoveries that could not (epoch changed or events left history).
@@ -63,6 +65,7 @@ impl Metrics {
             events_out: Counter::default(),
             slow_consumer_cuts: Counter::default(),
             duplicates_suppressed: Counter::default(),
+            cluster_publish_failures: Counter::default(),
             recoveries_ok: Counter::default(),
             recoveries_failed: Counter::default(),
             recoveries_too_large: Counter::default(),
@@ -101,6 +104,11 @@ impl Metrics {
             "duplicates_suppressed",
             "Publishes answered from the idempotency window",
             m.duplicates_suppressed.clone(),
+        );
+        registry.register(
+            "cluster_publish_failures",
+            "Publishes refused because the cluster log could not store them",
+            m.cluster_publish_failures.clone(),
         );
         registry.register(
             "recoveries_ok",

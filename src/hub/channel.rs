@@ -90,10 +90,14 @@ pub struct Channel {
     pub name: ChannelName,
     /// The rule that matched its name at creation.
     pub rule: Arc<ChannelRule>,
-    /// Changes whenever history is lost; here, whenever the channel is created.
+    /// Changes whenever history is lost: whenever the channel is created on a single node,
+    /// whenever the log is created anew on a cluster.
     pub epoch: Arc<str>,
     /// Offset of the newest event (0 before the first).
     pub last_offset: u64,
+    /// The newest offset whose event is not in `history` (expired, trimmed, or from before
+    /// this node knew the channel): a recovery must start at or after it.
+    floor: u64,
     history: VecDeque<Stored>,
     /// What the events in `history` weigh ([`Stored::weight`]).
     history_bytes: usize,
@@ -108,11 +112,19 @@ pub struct Channel {
 impl Channel {
     /// A new, empty channel with a fresh epoch.
     pub fn new(name: ChannelName, rule: Arc<ChannelRule>) -> Self {
+        let epoch = Arc::from(Alphanumeric.sample_string(&mut rand::rng(), EPOCH_LEN));
+        Self::in_log(name, rule, epoch, 0)
+    }
+
+    /// A new, empty channel of a shared log named `epoch`, which knows every event of it
+    /// after `floor`.
+    pub fn in_log(name: ChannelName, rule: Arc<ChannelRule>, epoch: Arc<str>, floor: u64) -> Self {
         Self {
             name,
             rule,
-            epoch: Arc::from(Alphanumeric.sample_string(&mut rand::rng(), EPOCH_LEN)),
-            last_offset: 0,
+            epoch,
+            last_offset: floor,
+            floor,
             history: VecDeque::new(),
             history_bytes: 0,
             members: IndexMap::new(),
@@ -123,10 +135,18 @@ impl Channel {
     /// Appends an event and returns its offset, and how many old events left history to
     /// keep it within `history_max_bytes` (the count bound drops them too, but that is the
     /// ring working as configured, not a bound hit). `alone`: the event goes to this channel
-    /// only, so its frame is built now and kept instead of the body.
-    pub fn append(&mut self, event: &Arc<EventBody>, alone: bool, now: Instant) -> (u64, usize) {
-        self.last_offset += 1;
+    /// only, so its frame is built now and kept instead of the body. `at`: the offset the
+    /// shared log gave it, stored `now`; else the next one, now.
+    pub fn append(
+        &mut self,
+        event: &Arc<EventBody>,
+        alone: bool,
+        now: Instant,
+        at: Option<u64>,
+    ) -> (u64, usize) {
+        self.last_offset = at.unwrap_or(self.last_offset + 1).max(self.last_offset);
         if self.rule.history_size == 0 {
+            self.floor = self.last_offset;
             return (self.last_offset, 0);
         }
         let content = if alone {
@@ -167,7 +187,18 @@ impl Channel {
     fn pop_oldest(&mut self) {
         if let Some(old) = self.history.pop_front() {
             self.history_bytes -= old.weight();
+            self.floor = old.offset;
         }
+    }
+
+    /// Forgets every event: the log they came from is gone. The channel now knows every event
+    /// of the log named `epoch` after `floor`.
+    pub fn restart(&mut self, epoch: Arc<str>, floor: u64) {
+        self.history.clear();
+        self.history_bytes = 0;
+        self.epoch = epoch;
+        self.last_offset = floor;
+        self.floor = floor;
     }
 
     /// Drops events older than the history TTL.
@@ -181,25 +212,24 @@ impl Channel {
     }
 
     /// Every stored event after `since`, oldest first, if history can prove that these are
-    /// all of them: the epoch matches and nothing after the position has left history. A
-    /// position without an epoch proves nothing unless it is offset 0 ("I saw nothing"), since
-    /// the same offset names another event in another epoch. Call [`Self::expire`] first.
-    pub fn after(&self, since: &Since) -> Option<impl Iterator<Item = &Stored> + Clone> {
+    /// all of them: the epoch matches, the position is not past `horizon` (the newest offset
+    /// this node knows of) and nothing after it has left history. A position without an
+    /// epoch proves nothing unless it is offset 0 ("I saw nothing"), since the same offset
+    /// names another event in another epoch. Offsets need not be consecutive (a cluster's are
+    /// its log's sequence). Call [`Self::expire`] first.
+    pub fn after(
+        &self,
+        since: &Since,
+        horizon: u64,
+    ) -> Option<impl Iterator<Item = &Stored> + Clone> {
         let epoch_ok = match &since.epoch {
             Some(epoch) => **epoch == *self.epoch,
             None => since.offset == 0,
         };
-        if !epoch_ok || since.offset > self.last_offset {
+        if !epoch_ok || since.offset > horizon || since.offset < self.floor {
             return None;
         }
-        let first_kept = self
-            .history
-            .front()
-            .map_or(self.last_offset + 1, |s| s.offset);
-        if first_kept > since.offset + 1 {
-            return None;
-        }
-        let skip = usize::try_from(since.offset + 1 - first_kept).unwrap_or(usize::MAX);
+        let skip = self.history.partition_point(|s| s.offset <= since.offset);
         Some(self.history.iter().skip(skip))
     }
 
@@ -268,20 +298,32 @@ mod tests {
         let now = Instant::now();
         let mut ch = channel(3, usize::MAX, Duration::from_secs(60));
         for _ in 0..5 {
-            ch.append(&event(), true, now);
+            ch.append(&event(), true, now, None);
         }
         let epoch = ch.epoch.to_string();
         let e = Some(epoch.as_str());
-        assert_eq!(offsets(ch.after(&since(2, e))), Some(vec![3, 4, 5]));
-        assert_eq!(offsets(ch.after(&since(4, e))), Some(vec![5]));
-        assert_eq!(offsets(ch.after(&since(5, e))), Some(vec![]));
         assert_eq!(
-            offsets(ch.after(&since(1, e))),
+            offsets(ch.after(&since(2, e), ch.last_offset)),
+            Some(vec![3, 4, 5])
+        );
+        assert_eq!(
+            offsets(ch.after(&since(4, e), ch.last_offset)),
+            Some(vec![5])
+        );
+        assert_eq!(
+            offsets(ch.after(&since(5, e), ch.last_offset)),
+            Some(vec![])
+        );
+        assert_eq!(
+            offsets(ch.after(&since(1, e), ch.last_offset)),
             None,
             "offset 2 left history"
         );
-        assert_eq!(offsets(ch.after(&since(6, e))), None);
-        assert_eq!(offsets(ch.after(&since(3, Some("other")))), None);
+        assert_eq!(offsets(ch.after(&since(6, e), ch.last_offset)), None);
+        assert_eq!(
+            offsets(ch.after(&since(3, Some("other")), ch.last_offset)),
+            None
+        );
         assert_eq!(
             ch.latest(2).map(|s| s.offset).collect::<Vec<_>>(),
             vec![4, 5]
@@ -293,14 +335,57 @@ mod tests {
         let now = Instant::now();
         let mut ch = channel(10, usize::MAX, Duration::from_secs(60));
         for _ in 0..5 {
-            ch.append(&event(), true, now);
+            ch.append(&event(), true, now, None);
         }
-        assert_eq!(offsets(ch.after(&since(3, None))), None);
-        assert_eq!(offsets(ch.after(&since(5, None))), None);
+        assert_eq!(offsets(ch.after(&since(3, None), ch.last_offset)), None);
+        assert_eq!(offsets(ch.after(&since(5, None), ch.last_offset)), None);
         assert_eq!(
-            offsets(ch.after(&since(0, None))),
+            offsets(ch.after(&since(0, None), ch.last_offset)),
             Some(vec![1, 2, 3, 4, 5])
         );
+    }
+
+    #[test]
+    fn a_log_channel_recovers_across_sparse_offsets_from_what_it_knows() {
+        let now = Instant::now();
+        let rule = channel(3, usize::MAX, Duration::from_secs(60)).rule;
+        let name = ChannelName::parse("c").unwrap();
+        let mut ch = Channel::in_log(name, rule, Arc::from("LOG"), 100);
+        for seq in [103, 110, 111, 150] {
+            ch.append(&event(), true, now, Some(seq));
+        }
+        let e = Some("LOG");
+        let horizon = 160;
+        assert_eq!(
+            offsets(ch.after(&since(105, e), horizon)),
+            Some(vec![110, 111, 150])
+        );
+        assert_eq!(offsets(ch.after(&since(155, e), horizon)), Some(vec![]));
+        assert_eq!(
+            offsets(ch.after(&since(161, e), horizon)),
+            None,
+            "past what this node applied"
+        );
+        assert_eq!(
+            offsets(ch.after(&since(102, e), horizon)),
+            None,
+            "103 left history (3 kept)"
+        );
+        assert_eq!(
+            offsets(ch.after(&since(103, e), horizon)),
+            Some(vec![110, 111, 150])
+        );
+        assert_eq!(
+            offsets(ch.after(&since(90, e), horizon)),
+            None,
+            "before the node knew the channel"
+        );
+        ch.restart(Arc::from("NEW"), 200);
+        assert_eq!(
+            offsets(ch.after(&since(200, Some("NEW")), 200)),
+            Some(vec![])
+        );
+        assert_eq!(offsets(ch.after(&since(150, e), 200)), None);
     }
 
     #[test]
@@ -311,15 +396,15 @@ mod tests {
             .len();
         let mut ch = channel(100, weight * 3, Duration::from_secs(60));
         for _ in 0..10 {
-            ch.append(&event(), true, now);
+            ch.append(&event(), true, now, None);
         }
         assert_eq!(
             ch.latest(100).map(|s| s.offset).collect::<Vec<_>>(),
             [8, 9, 10]
         );
         let mut tiny = channel(100, 1, Duration::from_secs(60));
-        tiny.append(&event(), false, now);
-        tiny.append(&event(), false, now);
+        tiny.append(&event(), false, now, None);
+        tiny.append(&event(), false, now, None);
         assert_eq!(
             tiny.latest(100).map(|s| s.offset).collect::<Vec<_>>(),
             [2],
@@ -331,14 +416,14 @@ mod tests {
     fn history_expires_by_age() {
         let start = Instant::now();
         let mut ch = channel(10, usize::MAX, Duration::from_secs(1));
-        ch.append(&event(), true, start);
-        ch.append(&event(), true, start + Duration::from_secs(2));
+        ch.append(&event(), true, start, None);
+        ch.append(&event(), true, start + Duration::from_secs(2), None);
         let later = start + Duration::from_millis(2500);
         ch.expire(later);
         assert_eq!(ch.latest(10).count(), 1);
         let epoch = ch.epoch.to_string();
-        assert!(ch.after(&since(0, Some(&epoch))).is_none());
-        assert!(ch.after(&since(1, Some(&epoch))).is_some());
+        assert!(ch.after(&since(0, Some(&epoch)), ch.last_offset).is_none());
+        assert!(ch.after(&since(1, Some(&epoch)), ch.last_offset).is_some());
         assert!(!ch.is_idle(later));
         assert!(ch.is_idle(start + Duration::from_secs(10)));
     }

@@ -33,10 +33,17 @@ impl EventBody {
     /// Serializes an event once; `data` is copied as its compact JSON text, so the frame is one
     /// line whatever the payload's formatting was.
     pub fn new(event: &str, data: &CompactJson, from: Option<From<'_>>) -> Self {
-        let id = uuid::Uuid::now_v7().to_string();
-        let ts = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        Self::stored(new_event_id(), now_ms(), event, data, from)
+    }
+
+    /// An event whose id and time were given when it was published (on another node).
+    pub fn stored(
+        id: String,
+        ts: u64,
+        event: &str,
+        data: &CompactJson,
+        from: Option<From<'_>>,
+    ) -> Self {
         let mut out = Vec::with_capacity(64 + event.len() + data.get().len() + id.len());
         out.extend_from_slice(br#"{"op":"event","event":"#);
         push_json_str(&mut out, event);
@@ -83,6 +90,18 @@ impl EventBody {
         out.put_slice(b"}}");
         out.freeze()
     }
+}
+
+/// A new event id: a UUIDv7, so ids sort by time.
+pub fn new_event_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Milliseconds since the Unix epoch, an event's `ts`.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn push_json_str(out: &mut Vec<u8>, s: &str) {

@@ -73,7 +73,8 @@ impl LazyMeta {
 
 impl Hub {
     /// Appends `body` to every target's history and queues it to every matching connection.
-    /// Returns the offset it got in each target.
+    /// Returns the offset it got in each target. `logged`: the sequence the cluster log gave
+    /// it (its offset in every target) and when the log stored it.
     ///
     /// # Errors
     /// [`AtCapacity`] when a target channel would have to be created past `max_channels`;
@@ -83,15 +84,17 @@ impl Hub {
         targets: &[ChannelName],
         body: &Arc<EventBody>,
         skip: &Skip<'_>,
+        logged: Option<(u64, Instant)>,
     ) -> Result<Offsets, AtCapacity> {
-        let now = Instant::now();
+        let now = logged.map_or_else(Instant::now, |(_, at)| at);
+        let at = logged.map(|(seq, _)| seq);
         let mut channels = self.lock_channels(targets)?;
         let mut trimmed = 0;
         let alone = channels.len() == 1;
         let offsets: Vec<u64> = channels
             .iter_mut()
             .map(|c| {
-                let (offset, dropped) = c.append(body, alone, now);
+                let (offset, dropped) = c.append(body, alone, now, at);
                 trimmed += dropped;
                 offset
             })

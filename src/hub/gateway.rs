@@ -6,16 +6,23 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use herald_connector_api::{
-    AtCapacity, ChannelKind, ChannelName, ChannelSummary, Disconnect, Envelope, FieldError,
-    Gateway, GatewayInfo, HistoryError, HistoryPage, Member, PublishError, Published, Revocation,
-    Since, Target,
+    AdminCommand, AtCapacity, ChannelKind, ChannelName, ChannelSummary, Disconnect, Envelope,
+    FieldError, Gateway, GatewayInfo, HistoryError, HistoryPage, Member, PublishError, Published,
+    Publishing, Revocation, Since, Target,
 };
 use serde_json::value::RawValue;
 
 use super::channel::{Channel, Stored};
 use super::dedup::Claim;
 use super::event::EventBody;
+use super::log::target_text;
 use super::{fanout, frame, Hub, MAX_HISTORY_LIMIT, MAX_HISTORY_PAGE_BYTES};
+
+/// Milliseconds since the Unix epoch, as admin commands carry times.
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// A page of history as the hub reads it, before it is shaped for the API or a client.
 pub(super) struct Page {
@@ -31,15 +38,17 @@ impl Hub {
     /// Reads a page of a locked channel: the events after `since` (or the newest `limit`),
     /// at most `limit` of them and [`MAX_HISTORY_PAGE_BYTES`] of frames (the first always).
     pub(super) fn read_page(
+        &self,
         channel: &mut Channel,
         since: Option<&Since>,
         limit: usize,
         now: Instant,
     ) -> Page {
+        let horizon = self.position(channel);
         channel.expire(now);
         let name = channel.name.clone();
         let (found, proven): (Box<dyn Iterator<Item = &Stored>>, Option<bool>) = match since {
-            Some(since) => match channel.after(since) {
+            Some(since) => match channel.after(since, horizon) {
                 Some(events) => (Box::new(events), Some(true)),
                 None => (Box::new(std::iter::empty()), Some(false)),
             },
@@ -73,8 +82,10 @@ impl Hub {
     }
 }
 
-impl Gateway for Hub {
-    fn publish(&self, envelope: Envelope) -> Result<Published, PublishError> {
+impl Hub {
+    /// Refuses an envelope that is malformed, names too many targets, or comes during a
+    /// shutdown.
+    fn check_envelope(&self, envelope: &Envelope) -> Result<(), PublishError> {
         if self.0.shutting_down.load(Ordering::SeqCst) {
             return Err(PublishError::ShuttingDown);
         }
@@ -93,6 +104,11 @@ impl Gateway for Hub {
             )
             .into());
         }
+        Ok(())
+    }
+
+    /// A publish on a single node: delivered and in history when this returns.
+    fn publish_here(&self, envelope: Envelope) -> Result<Published, PublishError> {
         let pending = match envelope
             .key
             .as_deref()
@@ -121,6 +137,7 @@ impl Gateway for Hub {
             &envelope.targets(),
             &body,
             &fanout::Skip::except(&envelope.except),
+            None,
         );
         let published = result.map(|offsets| Published {
             id: body.id.clone(),
@@ -131,6 +148,94 @@ impl Gateway for Hub {
             pending.finish(published.as_ref().ok());
         }
         Ok(published?)
+    }
+
+    /// Ends the target's connections on this node with 4101.
+    pub(super) fn disconnect_here(&self, target: &Target, reason: &str, reconnect: bool) -> usize {
+        self.matching_conns(target)
+            .iter()
+            .filter(|c| c.end(Disconnect::new(4101, reason, reconnect)))
+            .count()
+    }
+
+    /// Blocks `user` on this node and ends its connections here.
+    pub(super) fn block_here(
+        &self,
+        user: &str,
+        until: Option<SystemTime>,
+    ) -> Result<usize, AtCapacity> {
+        self.0.revocations.block(user, until)?;
+        tracing::info!(user, ?until, "user blocked");
+        let ended = self
+            .matching_conns(&Target::User(user.to_owned()))
+            .iter()
+            .filter(|c| c.end(Disconnect::new(4002, "blocked", false)))
+            .count();
+        Ok(ended)
+    }
+
+    /// Records a revocation on this node and ends the connections here it names.
+    pub(super) fn revoke_here(&self, revocation: &Revocation) -> Result<usize, AtCapacity> {
+        self.0.revocations.revoke(revocation, SystemTime::now())?;
+        tracing::info!(?revocation, "tokens revoked");
+        let candidates = match revocation {
+            Revocation::IssuedBefore { user, .. } => {
+                self.matching_conns(&Target::User(user.clone()))
+            }
+            Revocation::Jti { .. } => self.matching_conns(&Target::All),
+        };
+        let ended = candidates
+            .iter()
+            .filter(|c| {
+                c.identity
+                    .get()
+                    .is_some_and(|identity| super::revocation::names(revocation, identity))
+            })
+            .filter(|c| c.end(Disconnect::new(4002, "token revoked", false)))
+            .count();
+        Ok(ended)
+    }
+
+    /// Removes the target's connections on this node from a channel.
+    pub(super) fn unsubscribe_here(&self, name: &ChannelName, target: &Target) -> usize {
+        let Some(mut channel) = self.lock_existing(name) else {
+            return 0;
+        };
+        let removed: Vec<_> = match target {
+            Target::All => channel.members.drain(..).map(|(_, c)| c).collect(),
+            Target::Conn(id) => channel
+                .members
+                .values()
+                .filter(|c| *c.id == **id)
+                .cloned()
+                .collect(),
+            Target::User(user) => channel
+                .members
+                .values()
+                .filter(|c| c.user() == user)
+                .cloned()
+                .collect(),
+        };
+        let notice = frame::unsubscribed_notice(name.as_str());
+        for conn in &removed {
+            channel.members.swap_remove(&conn.key);
+            conn.channels.lock().remove(name);
+            self.queue(conn, notice.clone());
+            self.notify_membership(&channel, "left", conn);
+        }
+        removed.len()
+    }
+}
+
+impl Gateway for Hub {
+    fn publish(&self, envelope: Envelope) -> Publishing {
+        if let Err(refused) = self.check_envelope(&envelope) {
+            return Publishing::ready(Err(refused));
+        }
+        match self.log() {
+            None => Publishing::ready(self.publish_here(envelope)),
+            Some(log) => self.publish_through_log(log, envelope),
+        }
     }
 
     fn channels(&self) -> Vec<ChannelSummary> {
@@ -159,9 +264,12 @@ impl Gateway for Hub {
         if channel.kind() == ChannelKind::Broadcast {
             return self.broadcast_members();
         }
-        self.lock_existing(channel)
+        let mut members = self
+            .lock_existing(channel)
             .map(|c| c.member_list(usize::MAX))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        members.extend(self.remote_members(channel));
+        members
     }
 
     fn history(
@@ -185,7 +293,7 @@ impl Gateway for Hub {
                 more: false,
             });
         };
-        let page = Self::read_page(&mut channel, since.as_ref(), limit, Instant::now());
+        let page = self.read_page(&mut channel, since.as_ref(), limit, Instant::now());
         Ok(HistoryPage {
             events: page.events,
             offset: channel.last_offset,
@@ -196,79 +304,51 @@ impl Gateway for Hub {
     }
 
     fn disconnect(&self, target: Target, reason: &str, reconnect: bool) -> usize {
-        self.matching_conns(&target)
-            .iter()
-            .filter(|c| {
-                c.end(herald_connector_api::Disconnect::new(
-                    4101, reason, reconnect,
-                ))
-            })
-            .count()
+        self.tell_cluster(AdminCommand::Disconnect {
+            target: target_text(&target),
+            reason: reason.to_owned(),
+            reconnect,
+        });
+        self.disconnect_here(&target, reason, reconnect)
     }
 
     fn block(&self, user: &str, until: Option<SystemTime>) -> Result<usize, AtCapacity> {
-        self.0.revocations.block(user, until)?;
-        tracing::info!(user, ?until, "user blocked");
-        let ended = self
-            .matching_conns(&Target::User(user.to_owned()))
-            .iter()
-            .filter(|c| c.end(Disconnect::new(4002, "blocked", false)))
-            .count();
+        let ended = self.block_here(user, until)?;
+        self.tell_cluster(AdminCommand::Block {
+            user: user.to_owned(),
+            until_ms: until.map(unix_ms),
+        });
         Ok(ended)
     }
 
     fn unblock(&self, user: &str) -> bool {
+        self.tell_cluster(AdminCommand::Unblock {
+            user: user.to_owned(),
+        });
         self.0.revocations.unblock(user)
     }
 
     fn revoke(&self, revocation: Revocation) -> Result<usize, AtCapacity> {
-        self.0.revocations.revoke(&revocation, SystemTime::now())?;
-        tracing::info!(?revocation, "tokens revoked");
-        let candidates = match &revocation {
-            Revocation::IssuedBefore { user, .. } => {
-                self.matching_conns(&Target::User(user.clone()))
-            }
-            Revocation::Jti { .. } => self.matching_conns(&Target::All),
-        };
-        let ended = candidates
-            .iter()
-            .filter(|c| {
-                c.identity
-                    .get()
-                    .is_some_and(|identity| super::revocation::names(&revocation, identity))
-            })
-            .filter(|c| c.end(Disconnect::new(4002, "token revoked", false)))
-            .count();
+        let ended = self.revoke_here(&revocation)?;
+        self.tell_cluster(match revocation {
+            Revocation::Jti { jti, until } => AdminCommand::RevokeJti {
+                jti,
+                until_ms: until.map(unix_ms),
+            },
+            Revocation::IssuedBefore { user, before } => AdminCommand::RevokeBefore {
+                user,
+                before_ms: unix_ms(before),
+            },
+        });
         Ok(ended)
     }
 
     fn unsubscribe(&self, name: &ChannelName, target: Target) -> usize {
-        let Some(mut channel) = self.lock_existing(name) else {
-            return 0;
-        };
-        let removed: Vec<_> = match &target {
-            Target::All => channel.members.drain(..).map(|(_, c)| c).collect(),
-            Target::Conn(id) => channel
-                .members
-                .values()
-                .filter(|c| *c.id == **id)
-                .cloned()
-                .collect(),
-            Target::User(user) => channel
-                .members
-                .values()
-                .filter(|c| c.user() == user)
-                .cloned()
-                .collect(),
-        };
-        let notice = frame::unsubscribed_notice(name.as_str());
-        for conn in &removed {
-            channel.members.swap_remove(&conn.key);
-            conn.channels.lock().remove(name);
-            self.queue(conn, notice.clone());
-            self.notify_membership(&channel, "left", conn);
-        }
-        removed.len()
+        self.tell_cluster(AdminCommand::Unsubscribe {
+            channel: name.to_string(),
+            target: target_text(&target),
+        });
+        self.unsubscribe_here(name, &target)
     }
 
     fn info(&self) -> GatewayInfo {
@@ -278,11 +358,19 @@ impl Gateway for Hub {
             uptime_secs: self.0.started.elapsed().as_secs(),
             connections: self.0.conns.len(),
             channels: self.0.channels.len(),
+            nodes: self.log().map(|log| log.engine.nodes()).unwrap_or_default(),
         }
     }
 }
 
 impl Hub {
+    /// Members of `channel` on the other nodes of the cluster.
+    pub(super) fn remote_members(&self, channel: &ChannelName) -> Vec<Member> {
+        self.log()
+            .map(|log| log.engine.remote_members(channel.as_str()))
+            .unwrap_or_default()
+    }
+
     /// The identified connections: the members of `*`.
     fn broadcast_members(&self) -> Vec<Member> {
         self.0

@@ -30,6 +30,7 @@
 //! - [`hooks`]: the backend's auth hooks on the client path: idents and guarded joins.
 //! - [`rate`]: per-connection rate limits on client frames and publishes.
 //! - [`revocation`]: blocked users and revoked tokens.
+//! - [`log`]: a cluster's shared event log: publishes through it, its records applied here.
 
 mod auth_deadline;
 mod backends;
@@ -41,6 +42,7 @@ mod fanout;
 mod frame;
 mod gateway;
 mod hooks;
+mod log;
 mod rate;
 mod revocation;
 mod session;
@@ -157,6 +159,8 @@ struct Inner {
     revocations: revocation::Revocations,
     auth_deadlines: AuthDeadlines,
     backends: std::sync::OnceLock<Backends>,
+    /// The cluster's shared log, when this hub is a node of one.
+    log: std::sync::OnceLock<log::LogLink>,
 }
 
 /// Adds one to `key`'s count in `counts` unless it is at `max`.
@@ -212,6 +216,7 @@ impl Hub {
             revocations,
             auth_deadlines,
             backends: std::sync::OnceLock::new(),
+            log: std::sync::OnceLock::new(),
         }))
     }
 
@@ -248,6 +253,11 @@ impl Hub {
     fn clock_ms(&self) -> u32 {
         // Truncation is the wrap: buckets only ever compare nearby readings.
         self.0.started.elapsed().as_millis() as u32
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.0.config.node
     }
 
     /// The metrics this hub updates.
@@ -313,6 +323,9 @@ impl Hub {
             channel.removed = idle;
             if idle {
                 self.0.channel_count.fetch_sub(1, Ordering::AcqRel);
+                if let Some(log) = self.log() {
+                    log.forgot(channel.last_offset);
+                }
             }
             !idle
         });
@@ -397,7 +410,11 @@ impl Hub {
                         limit: max,
                     });
                 }
-                let channel = Channel::new(name.clone(), self.rule_for(name));
+                let rule = self.rule_for(name);
+                let channel = match self.log() {
+                    Some(log) => log.channel(name.clone(), rule),
+                    None => Channel::new(name.clone(), rule),
+                };
                 Ok(slot.insert(Arc::new(Mutex::new(channel))).clone())
             }
         }
@@ -431,6 +448,14 @@ impl Hub {
     /// Tells the other members of a channel with notices on that `conn` joined or left.
     /// Also reports the join or leave of an ordinary channel as activity.
     fn notify_membership(&self, channel: &Channel, op: &'static str, conn: &Conn) {
+        if let Some(log) = self.log() {
+            let member = herald_connector_api::Member {
+                user: conn.user().to_owned(),
+                conn: conn.id.to_string(),
+            };
+            log.engine
+                .membership(channel.name.as_str(), &member, op == "joined");
+        }
         if channel.name.kind() == ChannelKind::Ordinary {
             let kind = if op == "joined" {
                 ActivityKind::Join
@@ -691,6 +716,8 @@ mod tests {
         hub.publish(
             Envelope::from_json(br#"{"event":"E","channels":["news"],"users":["ann"]}"#).unwrap(),
         )
+        .now_or_never()
+        .expect("a single node answers at once")
         .unwrap();
         let next = |outbox: &mut Outbox| -> OutFrame {
             let mut frames: Vec<OutFrame> = Vec::new();
@@ -787,9 +814,11 @@ mod tests {
                         (i + t) % 11,
                         i % 13
                     );
-                    let published = hub
-                        .publish(Envelope::from_json(json.as_bytes()).unwrap())
-                        .unwrap();
+                    let published = futures_util::FutureExt::now_or_never(
+                        hub.publish(Envelope::from_json(json.as_bytes()).unwrap()),
+                    )
+                    .expect("a single node answers at once")
+                    .unwrap();
                     assert_eq!(published.offsets.len(), 3);
                 }
                 let _ = done_tx.send(());

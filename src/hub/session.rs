@@ -106,9 +106,11 @@ impl Ops {
         if op == "refresh" {
             return self.refresh(f, &identity);
         }
+        if op == "publish" {
+            return self.publish(f, &identity);
+        }
         match op.as_str() {
             "leave" => self.leave(f),
-            "publish" => self.publish(f, &identity),
             "presence" => self.presence(f, &identity),
             "history" => self.history(f, &identity),
             "rpc" => {
@@ -225,13 +227,38 @@ impl Ops {
         }
     }
 
-    /// Who the token names: a valid JWT (or anonymous access) at once, else the ident hook's
-    /// answer; and, for the asked channels the join hook guards, its consent too.
+    /// [`Self::verify`], then, on a cluster node that is behind a position to recover, the
+    /// wait until it caught up.
     fn authenticate(
         &self,
         token: Option<&str>,
         wanted: &[(String, Option<Since>)],
     ) -> Authenticated {
+        let authenticated = self.verify(token, wanted);
+        let furthest = wanted
+            .iter()
+            .filter_map(|(_, since)| since.as_ref().map(|s| s.offset))
+            .max()
+            .unwrap_or(0);
+        if !self.hub.behind(furthest) {
+            return authenticated;
+        }
+        let hub = self.hub.clone();
+        Authenticated::Later(Box::pin(async move {
+            let identity = match authenticated {
+                Authenticated::Now(identity) => identity,
+                Authenticated::Later(pending) => pending.await,
+            };
+            if let Some(log) = hub.log() {
+                log.catch_up(furthest).await;
+            }
+            identity
+        }))
+    }
+
+    /// Who the token names: a valid JWT (or anonymous access) at once, else the ident hook's
+    /// answer; and, for the asked channels the join hook guards, its consent too.
+    fn verify(&self, token: Option<&str>, wanted: &[(String, Option<Since>)]) -> Authenticated {
         let config = &self.hub.0.config;
         let verified = match token {
             Some(token) => config.auth.verify(token).map_err(|e| e.to_string()),
@@ -355,7 +382,7 @@ impl Ops {
             positions.insert(
                 channel.name.to_string(),
                 ChannelPosition {
-                    offset: channel.last_offset,
+                    offset: self.hub.position(channel),
                     epoch: channel.epoch.to_string(),
                     recovered,
                 },
@@ -391,21 +418,35 @@ impl Ops {
             return Err(broadcast_presence_forbidden());
         }
         let member = || self.conn.channels.lock().contains(name);
-        if self.hub.guarded(name) && !member() {
-            if let Some(consent) =
-                self.hub
-                    .join_hook(&identity.user, &self.conn.id, vec![name.clone()])
-            {
-                let ops = self.clone();
-                self.wait_for(async move {
-                    if let Err(err) = consent.await.and_then(|()| ops.join_now(&request)) {
-                        ops.refuse(request.id, &err);
-                    }
-                });
-                return Ok(Flow::Waiting);
-            }
+        let consent = if self.hub.guarded(name) && !member() {
+            self.hub
+                .join_hook(&identity.user, &self.conn.id, vec![name.clone()])
+        } else {
+            None
+        };
+        // On a cluster node behind the position to recover, the join waits to catch up.
+        let behind = request
+            .since
+            .as_ref()
+            .map(|s| s.offset)
+            .filter(|&o| self.hub.behind(o));
+        if consent.is_none() && behind.is_none() {
+            return self.join_now(&request).map(|()| Flow::Done);
         }
-        self.join_now(&request).map(|()| Flow::Done)
+        let ops = self.clone();
+        self.wait_for(async move {
+            let mut allowed = Ok(());
+            if let Some(consent) = consent {
+                allowed = consent.await;
+            }
+            if let (Ok(()), Some(offset), Some(log)) = (&allowed, behind, ops.hub.log()) {
+                log.catch_up(offset).await;
+            }
+            if let Err(err) = allowed.and_then(|()| ops.join_now(&request)) {
+                ops.refuse(request.id, &err);
+            }
+        });
+        Ok(Flow::Waiting)
     }
 
     /// A join the token and the hooks allow.
@@ -423,7 +464,7 @@ impl Ops {
         }
         let mut channel = self.hub.lock_channel(name).map_err(at_capacity)?;
         self.add_member(&mut channel);
-        let mut data = json!({"offset": channel.last_offset, "epoch": &*channel.epoch});
+        let mut data = json!({"offset": self.hub.position(&channel), "epoch": &*channel.epoch});
         if request.presence {
             let (members, total) = self.member_list(&channel);
             data["members"] = json!(members);
@@ -507,7 +548,7 @@ impl Ops {
         Ok(())
     }
 
-    fn publish(&self, f: &Frame, identity: &Identity) -> Result<(), OpError> {
+    fn publish(&self, f: &Frame, identity: &Identity) -> Result<Flow, OpError> {
         let name = parse_channel(required(&f.channel, "channel")?)?;
         let event = required(&f.event, "event")?;
         check_access(identity, &name)?;
@@ -520,7 +561,7 @@ impl Ops {
         {
             let per_second = self.hub.0.config.rates.publishes_per_second;
             self.refuse_rate(f.id, "max_publishes_per_second", per_second, "publishes");
-            return Ok(());
+            return Ok(Flow::Done);
         }
         if !self.hub.rule_for(&name).client_publish {
             return Err(OpError::forbidden(format!(
@@ -531,15 +572,34 @@ impl Ops {
             return Err(OpError::bad_frame("event: must be 1 to 256 bytes"));
         }
         let null = CompactJson::null();
+        let data = f.data.as_ref().unwrap_or(&null);
         let from = From {
             user: &identity.user,
             conn: &self.conn.id,
         };
-        let body = Arc::new(EventBody::new(
-            event,
-            f.data.as_ref().unwrap_or(&null),
-            Some(from),
-        ));
+        if let Some(log) = self.hub.log() {
+            // Answered once the log stored it; frames that come meanwhile wait, so a
+            // client's publishes keep their order.
+            let record = Hub::client_record(&name, event, data, from, f.echo);
+            let appending = self.hub.append(log, record, None);
+            let (ops, id, event) = (self.clone(), f.id, event.clone());
+            self.wait_for(async move {
+                match appending.await {
+                    Ok((event_id, offset, _)) => {
+                        ops.reply(id, &json!({"id": event_id, "offset": offset}));
+                        ops.hub.activity(
+                            ActivityKind::Publish,
+                            &ops.conn,
+                            Some(name.as_str()),
+                            Some(&event),
+                        );
+                    }
+                    Err(e) => ops.refuse(id, &OpError::new(e.code(), e.message())),
+                }
+            });
+            return Ok(Flow::Waiting);
+        }
+        let body = Arc::new(EventBody::new(event, data, Some(from)));
         let skip = if f.echo {
             Skip::none()
         } else {
@@ -547,7 +607,7 @@ impl Ops {
         };
         let offsets = self
             .hub
-            .fan_out(std::slice::from_ref(&name), &body, &skip)
+            .fan_out(std::slice::from_ref(&name), &body, &skip, None)
             .map_err(at_capacity)?;
         let offset = offsets.get(name.as_str()).copied().unwrap_or_default();
         self.reply(f.id, &json!({"id": body.id, "offset": offset}));
@@ -557,7 +617,7 @@ impl Ops {
             Some(name.as_str()),
             Some(event),
         );
-        Ok(())
+        Ok(Flow::Done)
     }
 
     fn presence(&self, f: &Frame, identity: &Identity) -> Result<(), OpError> {
@@ -596,12 +656,18 @@ impl Ops {
 
     /// A locked channel's members as a client may see them: at most `max_presence_members`,
     /// and how many there are.
+    /// On a cluster, the members on other nodes are listed after this node's.
     fn member_list(&self, channel: &Channel) -> (Vec<herald_connector_api::Member>, usize) {
         let max = self.hub.0.config.max_presence_members;
-        if channel.members.len() > max {
+        let remote = self.hub.remote_members(&channel.name);
+        let total = channel.members.len() + remote.len();
+        if total > max {
             self.hub.metrics().limit_hit("max_presence_members");
         }
-        (channel.member_list(max), channel.members.len())
+        let mut members = channel.member_list(max);
+        let room = max.saturating_sub(members.len());
+        members.extend(remote.into_iter().take(room));
+        (members, total)
     }
 
     /// Adds this connection to a locked channel, telling the others when it is new there.
@@ -637,7 +703,8 @@ impl Ops {
     ) -> bool {
         channel.expire(now);
         let metrics = self.hub.metrics();
-        let Some(events) = channel.after(since) else {
+        let horizon = self.hub.position(channel);
+        let Some(events) = channel.after(since, horizon) else {
             metrics.recoveries_failed.inc();
             return false;
         };

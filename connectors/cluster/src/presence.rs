@@ -1,0 +1,477 @@
+//! Presence across nodes, on two JetStream key-value buckets:
+//! - `nodes`: each node's heartbeat (`<node>` → its connection count), put every third of
+//!   `node_timeout`;
+//! - `members`: one key per membership of a connection in a channel
+//!   (`<node>.<conn>.<channel>`, each part base64url) → the user, put on join and deleted on
+//!   leave.
+//!
+//! Every node watches both and keeps a view of the others' members. A node whose heartbeat
+//! is older than `node_timeout` is gone: its members leave the view (the sink sends `left`
+//! notices) and their keys are deleted.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use futures_util::StreamExt;
+use herald_connector_api::{LogSink, Member, NodeInfo};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::{age_of, ClusterConfig, ClusterError};
+
+/// Membership changes waiting to be written; more are dropped (and logged): presence is
+/// then stale until those connections join or leave again.
+const CHANGE_QUEUE: usize = 65_536;
+
+/// How long the heartbeat of a node that went away stays in its bucket.
+const NODES_MAX_AGE: Duration = Duration::from_secs(600);
+
+/// How long a watcher waits before it watches again after an error.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// One membership change of this node.
+struct Change {
+    key: String,
+    user: Option<String>,
+}
+
+/// A member on another node.
+#[derive(Clone)]
+struct Remote {
+    user: String,
+    node: String,
+}
+
+#[derive(Default)]
+struct View {
+    /// channel → conn → member.
+    members: HashMap<String, HashMap<String, Remote>>,
+    /// node → (connections, last heartbeat).
+    nodes: HashMap<String, (usize, Instant)>,
+}
+
+/// This node's side of cluster presence.
+pub struct Presence {
+    node: String,
+    node_timeout: Duration,
+    nodes: kv::Store,
+    members: kv::Store,
+    changes: mpsc::Sender<Change>,
+    pending: Mutex<Option<mpsc::Receiver<Change>>>,
+    view: Arc<Mutex<View>>,
+    sink: OnceLock<Arc<dyn LogSink>>,
+}
+
+fn encode(part: &str) -> String {
+    URL_SAFE_NO_PAD.encode(part)
+}
+
+fn decode(part: &str) -> Option<String> {
+    String::from_utf8(URL_SAFE_NO_PAD.decode(part).ok()?).ok()
+}
+
+/// `(node, conn, channel)` of a membership key.
+fn parse_key(key: &str) -> Option<(String, String, String)> {
+    let mut parts = key.split('.');
+    let parsed = (
+        decode(parts.next()?)?,
+        decode(parts.next()?)?,
+        decode(parts.next()?)?,
+    );
+    parts.next().is_none().then_some(parsed)
+}
+
+/// Opens (creating) a key-value bucket of the cluster. The stream is made by hand, as the
+/// client's own `create_key_value` would make it: that call first asks for account details
+/// that servers before 2.10 answer in a form the client does not read.
+async fn bucket(
+    js: &jetstream::Context,
+    config: &ClusterConfig,
+    suffix: &str,
+    max_age: Duration,
+) -> Result<kv::Store, ClusterError> {
+    let bucket = format!("herald_{}_{suffix}", config.name);
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        num_replicas: config.replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ClusterError::new("presence", e))?;
+    js.get_key_value(bucket)
+        .await
+        .map_err(|e| ClusterError::new("presence", e))
+}
+
+impl Presence {
+    /// Opens (creating) the buckets of the cluster.
+    ///
+    /// # Errors
+    /// [`ClusterError`] when JetStream refuses.
+    pub async fn open(
+        client: async_nats::Client,
+        config: &ClusterConfig,
+        node: &str,
+    ) -> Result<Self, ClusterError> {
+        let js = jetstream::new(client);
+        let nodes = bucket(&js, config, "nodes", NODES_MAX_AGE).await?;
+        let members = bucket(&js, config, "members", Duration::ZERO).await?;
+        let (changes, pending) = mpsc::channel(CHANGE_QUEUE);
+        let presence = Self {
+            node: node.to_owned(),
+            node_timeout: config.node_timeout,
+            nodes,
+            members,
+            changes,
+            pending: Mutex::new(Some(pending)),
+            view: Arc::default(),
+            sink: OnceLock::new(),
+        };
+        presence.forget_node(node).await;
+        Ok(presence)
+    }
+
+    /// Deletes the membership keys of `node` (a previous run of this one, or a node gone).
+    async fn forget_node(&self, node: &str) {
+        let prefix = format!("{}.", encode(node));
+        let Ok(mut keys) = self.members.keys().await else {
+            return;
+        };
+        let mut stale = Vec::new();
+        while let Some(Ok(key)) = keys.next().await {
+            if key.starts_with(&prefix) {
+                stale.push(key);
+            }
+        }
+        for key in stale {
+            let _ = self.members.delete(&key).await;
+        }
+    }
+
+    /// Queues a membership change of this node to be written.
+    pub fn local_change(&self, channel: &str, member: &Member, joined: bool) {
+        let key = format!(
+            "{}.{}.{}",
+            encode(&self.node),
+            encode(&member.conn),
+            encode(channel)
+        );
+        let change = Change {
+            key,
+            user: joined.then(|| member.user.clone()),
+        };
+        if self.changes.try_send(change).is_err() {
+            tracing::warn!(
+                channel,
+                "cluster presence: a membership change was dropped (queue full)"
+            );
+        }
+    }
+
+    /// The members of `channel` on the other live nodes.
+    pub fn remote_members(&self, channel: &str) -> Vec<Member> {
+        let view = self.view.lock();
+        view.members
+            .get(channel)
+            .map(|members| {
+                members
+                    .iter()
+                    .filter(|(_, m)| view.nodes.contains_key(&m.node))
+                    .map(|(conn, m)| Member {
+                        user: m.user.clone(),
+                        conn: conn.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The live nodes, this one first.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        let here = NodeInfo {
+            node: self.node.clone(),
+            connections: self.sink.get().map_or(0, |s| s.connection_count()),
+            seen_secs_ago: 0,
+        };
+        let view = self.view.lock();
+        let mut others: Vec<NodeInfo> = view
+            .nodes
+            .iter()
+            .map(|(node, (connections, seen))| NodeInfo {
+                node: node.clone(),
+                connections: *connections,
+                seen_secs_ago: seen.elapsed().as_secs(),
+            })
+            .collect();
+        others.sort_by(|a, b| a.node.cmp(&b.node));
+        std::iter::once(here).chain(others).collect()
+    }
+
+    /// Runs the writer, the heartbeat and both watchers until `shutdown`.
+    pub fn run(
+        self: &Arc<Self>,
+        sink: Arc<dyn LogSink>,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) {
+        let _ = self.sink.set(sink);
+        if let Some(pending) = self.pending.lock().take() {
+            tasks.spawn(self.clone().write(pending, shutdown.clone()));
+        }
+        tasks.spawn(self.clone().heartbeat(shutdown.clone()));
+        tasks.spawn(self.clone().watch_nodes(shutdown.clone()));
+        tasks.spawn(self.clone().watch_members(shutdown.clone()));
+    }
+
+    async fn write(
+        self: Arc<Self>,
+        mut pending: mpsc::Receiver<Change>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let change = tokio::select! {
+                () = shutdown.cancelled() => break,
+                change = pending.recv() => change,
+            };
+            let Some(change) = change else { break };
+            let written = match change.user {
+                Some(user) => self
+                    .members
+                    .put(&change.key, user.into())
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                None => self
+                    .members
+                    .delete(&change.key)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "cluster presence: a membership change was not written");
+            }
+        }
+        // This node's members leave the cluster's view with it.
+        let node = self.node.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.forget_node(&node)).await;
+        let _ = self.nodes.delete(encode(&self.node)).await;
+    }
+
+    async fn heartbeat(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.node_timeout / 3);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let connections = self.sink.get().map_or(0, |s| s.connection_count());
+            if let Err(e) = self
+                .nodes
+                .put(encode(&self.node), connections.to_string().into())
+                .await
+            {
+                tracing::warn!(error = %e, "cluster presence: heartbeat not written");
+            }
+            self.drop_silent_nodes().await;
+        }
+    }
+
+    /// Drops nodes whose heartbeat is older than `node_timeout`, with their members.
+    async fn drop_silent_nodes(&self) {
+        let gone: Vec<String> = {
+            let mut view = self.view.lock();
+            let timeout = self.node_timeout;
+            let gone: Vec<String> = view
+                .nodes
+                .iter()
+                .filter(|(_, (_, seen))| seen.elapsed() > timeout)
+                .map(|(node, _)| node.clone())
+                .collect();
+            for node in &gone {
+                view.nodes.remove(node);
+            }
+            gone
+        };
+        for node in gone {
+            tracing::warn!(%node, "cluster: a node stopped its heartbeat; its members leave");
+            self.remove_members_of(&node);
+            self.forget_node(&node).await;
+        }
+    }
+
+    /// Removes `node`'s members from the view, telling the sink of each.
+    fn remove_members_of(&self, node: &str) {
+        let mut left = Vec::new();
+        {
+            let mut view = self.view.lock();
+            for (channel, members) in view.members.iter_mut() {
+                members.retain(|conn, m| {
+                    let keep = m.node != node;
+                    if !keep {
+                        left.push((
+                            channel.clone(),
+                            Member {
+                                user: m.user.clone(),
+                                conn: conn.clone(),
+                            },
+                        ));
+                    }
+                    keep
+                });
+            }
+            view.members.retain(|_, members| !members.is_empty());
+        }
+        // Outside the view's lock: the sink locks channels.
+        if let Some(sink) = self.sink.get() {
+            for (channel, member) in left {
+                sink.remote_membership(&channel, &member, false);
+            }
+        }
+    }
+
+    async fn watch_nodes(self: Arc<Self>, shutdown: CancellationToken) {
+        let own = encode(&self.node);
+        loop {
+            let watching = async {
+                let mut entries = self
+                    .nodes
+                    .watch_with_history(">")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                while let Some(entry) = entries.next().await {
+                    let entry = entry.map_err(|e| e.to_string())?;
+                    if entry.key == own {
+                        continue;
+                    }
+                    let Some(node) = decode(&entry.key) else {
+                        continue;
+                    };
+                    if entry.operation == kv::Operation::Put {
+                        let connections = std::str::from_utf8(&entry.value)
+                            .ok()
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        let age = age_of(entry.created.unix_timestamp_nanos());
+                        let seen = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+                        self.view.lock().nodes.insert(node, (connections, seen));
+                    } else {
+                        self.view.lock().nodes.remove(&node);
+                        self.remove_members_of(&node);
+                    }
+                }
+                Ok::<(), String>(())
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                watched = watching => if let Err(e) = watched {
+                    tracing::warn!(error = %e, "cluster presence: node watch stopped; watching again");
+                },
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RETRY_DELAY) => {}
+            }
+        }
+    }
+
+    async fn watch_members(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let watching = async {
+                let mut entries = self
+                    .members
+                    .watch_with_history(">")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                while let Some(entry) = entries.next().await {
+                    let entry = entry.map_err(|e| e.to_string())?;
+                    self.apply_member_entry(&entry);
+                }
+                Ok::<(), String>(())
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                watched = watching => if let Err(e) = watched {
+                    tracing::warn!(error = %e, "cluster presence: member watch stopped; watching again");
+                },
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RETRY_DELAY) => {}
+            }
+        }
+    }
+
+    fn apply_member_entry(&self, entry: &kv::Entry) {
+        let Some((node, conn, channel)) = parse_key(&entry.key) else {
+            return;
+        };
+        if node == self.node {
+            return;
+        }
+        let member = |user: String| Member {
+            user,
+            conn: conn.clone(),
+        };
+        let changed = {
+            let mut view = self.view.lock();
+            if entry.operation == kv::Operation::Put {
+                let user = String::from_utf8_lossy(&entry.value).into_owned();
+                let members = view.members.entry(channel.clone()).or_default();
+                let fresh = members
+                    .insert(
+                        conn.clone(),
+                        Remote {
+                            user: user.clone(),
+                            node,
+                        },
+                    )
+                    .is_none();
+                fresh.then(|| (member(user), true))
+            } else {
+                let members = view.members.get_mut(&channel);
+                let removed = members.and_then(|m| m.remove(&conn));
+                view.members.retain(|_, m| !m.is_empty());
+                removed.map(|r| (member(r.user), false))
+            }
+        };
+        if let (Some((member, joined)), Some(sink)) = (changed, self.sink.get()) {
+            sink.remote_membership(&channel, &member, joined);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_membership_key_holds_any_node_conn_and_channel() {
+        let key = format!(
+            "{}.{}.{}",
+            encode("node 1"),
+            encode("c_node 1_7"),
+            encode("game:42/a.b")
+        );
+        assert!(key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+        assert_eq!(
+            parse_key(&key),
+            Some(("node 1".into(), "c_node 1_7".into(), "game:42/a.b".into()))
+        );
+        assert_eq!(parse_key("a.b"), None);
+    }
+}
