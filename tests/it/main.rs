@@ -7,6 +7,7 @@ mod amqp;
 mod auth_hooks;
 mod bounds;
 mod client_files;
+mod cluster;
 mod cors;
 mod filetail;
 mod framing;

@@ -1,0 +1,510 @@
+//! The cluster on NATS JetStream, against a `nats-server` of each test's own: three nodes
+//! acting as one gateway (one log, the same offsets everywhere, presence across nodes), a
+//! node killed mid-stream whose clients recover on another, a single node whose history
+//! survives a restart, and a node that lost NATS refusing publishes it cannot store. Fault
+//! tests print their figures.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::nats::NatsServer;
+use crate::support::{start_with, tally, Client, Gateway, API_KEY, JWT_SECRET};
+
+/// Generous client queues: these tests are about the cluster, not slow consumers.
+const BIG_QUEUES: &str = "client_queue = 200000\nclient_queue_bytes = 200000000\n\
+                          recovery_max_events = 50000\nrecovery_max_bytes = 100000000\n\
+                          history_size = 100000\n";
+
+fn node_config(nats: &NatsServer, node: &str, cluster: &str) -> String {
+    format!(
+        "node = \"{node}\"\n{BIG_QUEUES}\n[[channels]]\npattern = \"*\"\njoin_leave_notices = true\n\n\
+         [nats]\nurl = \"{url}\"\n\n[cluster]\nnats = [\"{url}\"]\nname = \"{cluster}\"\nnode_timeout = \"3s\"\n",
+        url = nats.url()
+    )
+}
+
+async fn node(nats: &NatsServer, name: &str, cluster: &str) -> Gateway {
+    start_with(&[], Some(&node_config(nats, name, cluster))).await
+}
+
+/// A client of `gateway` as `user` in `channels`, recovering from `positions` when given.
+async fn member(gateway: &Gateway, user: &str, channels: Value) -> (Client, Value) {
+    let mut client = gateway.connect().await;
+    let reply = client
+        .request(json!({"op": "ident", "token": gateway.token(user, None), "channels": channels}))
+        .await;
+    assert_eq!(reply["ok"], true, "ident failed: {reply}");
+    (client, reply["data"].clone())
+}
+
+/// Waits until `channel`'s presence on `gateway` lists `want` members (10 s at most).
+async fn wait_members(gateway: &Gateway, channel: &str, want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let presence = gateway
+            .get(&format!("/api/channels/{channel}/presence"))
+            .await
+            .1;
+        if presence["members"].as_array().map(Vec::len) == Some(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "want {want} members: {presence}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One event as a client saw it: its number, and its offset in each channel of `via`.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    n: u64,
+    via: BTreeMap<String, u64>,
+}
+
+fn seen(frame: &Value) -> Option<Seen> {
+    if frame["op"] != "event" {
+        return None;
+    }
+    let via = frame["via"]
+        .as_object()?
+        .iter()
+        .filter_map(|(c, o)| Some((c.clone(), o.as_u64()?)))
+        .collect();
+    Some(Seen {
+        n: frame["data"]["n"].as_u64()?,
+        via,
+    })
+}
+
+/// Reads events until `want` arrived or 20 s pass without one.
+async fn read_events(client: &mut Client, want: usize) -> Vec<Seen> {
+    let mut events = Vec::with_capacity(want);
+    while events.len() < want {
+        match client.try_next(Duration::from_secs(20)).await {
+            Some(frame) => events.extend(seen(&frame)),
+            None => break,
+        }
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_deliver_every_publish_once_with_the_same_offsets_everywhere() {
+    let nats = NatsServer::start().await;
+    let nodes = [
+        node(&nats, "n1", "three").await,
+        node(&nats, "n2", "three").await,
+        node(&nats, "n3", "three").await,
+    ];
+    // On every node: one client in `a`, one in `b`, one in both.
+    let mut readers = Vec::new();
+    for (i, gateway) in nodes.iter().enumerate() {
+        for (j, channels) in [
+            json!({"a": {}}),
+            json!({"b": {}}),
+            json!({"a": {}, "b": {}}),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let user = format!("google-oauth2|10{i}{j}");
+            readers.push((i, j, member(gateway, &user, channels).await.0));
+        }
+    }
+    let info = nodes[0].get("/api/info").await.1;
+    let listed: Vec<&str> = info["nodes"]
+        .as_array()
+        .expect("nodes listed")
+        .iter()
+        .filter_map(|n| n["node"].as_str())
+        .collect();
+    assert_eq!(listed.len(), 3, "every node in /api/info: {info}");
+    // Presence spans the nodes: `a` has two members on each of three nodes.
+    wait_members(&nodes[1], "a", 6).await;
+
+    const TOTAL: u64 = 50_000;
+    const BATCH: u64 = 100;
+    let nats_client = async_nats::connect(nats.url()).await.expect("nats client");
+    let started = Instant::now();
+    // Four publishers at once, each batch on the node (or NATS) its number picks.
+    let publishers = (0..4u64).map(|p| {
+        let urls: Vec<String> = nodes.iter().map(|g| g.url("/api/publish")).collect();
+        let nats_client = nats_client.clone();
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut batch = p;
+            while batch * BATCH < TOTAL {
+                let envelopes: Vec<Value> = (batch * BATCH..(batch + 1) * BATCH)
+                    .map(|n| {
+                        let channel = if n % 2 == 0 { "a" } else { "b" };
+                        json!({"event": "tick", "channels": [channel], "data": {"n": n}})
+                    })
+                    .collect();
+                let body = serde_json::to_vec(&envelopes).unwrap();
+                if batch % 4 == 3 {
+                    let answer = nats_client
+                        .request("herald.publish", body.into())
+                        .await
+                        .expect("NATS answer");
+                    let results: Value = serde_json::from_slice(&answer.payload).unwrap();
+                    assert!(
+                        results
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .all(|r| r["id"].is_string()),
+                        "{results}"
+                    );
+                } else {
+                    let url = &urls[(batch % 3) as usize];
+                    let response = http
+                        .post(url)
+                        .bearer_auth(API_KEY)
+                        .body(body)
+                        .send()
+                        .await
+                        .expect("publish");
+                    assert_eq!(response.status(), 200);
+                }
+                batch += 4;
+            }
+        })
+    });
+    let reading = readers.into_iter().map(|(i, j, mut client)| {
+        tokio::spawn(async move {
+            let want = if j == 2 { TOTAL } else { TOTAL / 2 };
+            (i, j, read_events(&mut client, want as usize).await)
+        })
+    });
+    let reading: Vec<_> = reading.collect();
+    for publisher in publishers {
+        publisher.await.expect("publisher");
+    }
+    let published_in = started.elapsed();
+    let mut offsets: HashMap<u64, u64> = HashMap::new();
+    let (mut lost, mut duplicated, mut disordered, mut mismatched) = (0, 0, 0, 0);
+    for reader in reading {
+        let (i, j, events) = reader.await.expect("reader");
+        let expected: Vec<u64> = (0..TOTAL).filter(|n| j == 2 || n % 2 == j as u64).collect();
+        let mut numbers: Vec<u64> = events.iter().map(|e| e.n).collect();
+        let what = format!("node n{} client {j}", i + 1);
+        // Per channel, offsets only increase (the log's order); across channels, events of
+        // `a` and `b` interleave, so numbers are checked as a set.
+        for channel in ["a", "b"] {
+            let in_channel: Vec<u64> = events
+                .iter()
+                .filter_map(|e| e.via.get(channel))
+                .copied()
+                .collect();
+            disordered += in_channel.windows(2).filter(|w| w[1] <= w[0]).count();
+        }
+        for event in &events {
+            let offset = *event.via.values().next().expect("a via");
+            if *offsets.entry(event.n).or_insert(offset) != offset {
+                mismatched += 1;
+            }
+        }
+        numbers.sort_unstable();
+        let (l, d, _) = tally(
+            &what,
+            expected.len(),
+            &dense(&expected, &numbers),
+            "3 nodes",
+        );
+        lost += l;
+        duplicated += d;
+    }
+    println!(
+        "cluster of 3: {TOTAL} publishes (HTTP on every node, NATS) in {published_in:?}; \
+         lost {lost}, duplicated {duplicated}, out of order {disordered}, offsets differing between nodes {mismatched}"
+    );
+    assert_eq!((lost, duplicated, disordered, mismatched), (0, 0, 0, 0));
+    for gateway in nodes {
+        gateway.stop().await;
+    }
+}
+
+/// `seen` renumbered as indexes into `expected`, so [`tally`] can count against `0..len`.
+fn dense(expected: &[u64], seen: &[u64]) -> Vec<u64> {
+    let index: HashMap<u64, u64> = expected
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (*n, i as u64))
+        .collect();
+    seen.iter()
+        .map(|n| index.get(n).copied().unwrap_or(u64::MAX))
+        .collect()
+}
+
+/// A Herald node as its own process, so the test can SIGKILL it.
+struct NodeProcess {
+    child: tokio::process::Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl NodeProcess {
+    async fn spawn(config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("herald.toml");
+        std::fs::write(&path, config).expect("config");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args([
+                "--listen",
+                &addr,
+                "--api-key",
+                API_KEY,
+                "--jwt-secret",
+                JWT_SECRET,
+            ])
+            .arg(format!("--config={}", path.display()))
+            .env("HERALD_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn herald");
+        for _ in 0..400 {
+            if reqwest::get(format!("http://{addr}/readyz"))
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return Self {
+                    child,
+                    addr,
+                    _dir: dir,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("herald node did not start");
+    }
+
+    fn token(user: &str) -> String {
+        herald::auth::Auth::new(JWT_SECRET).mint(user, None, Duration::from_secs(3600))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_node_s_clients_recover_on_another_and_its_members_leave_within_the_bound() {
+    let nats = NatsServer::start().await;
+    let mut doomed = NodeProcess::spawn(&node_config(&nats, "doomed", "kill")).await;
+    let survivor = node(&nats, "survivor", "kill").await;
+    let (mut watcher, _) = member(&survivor, "watcher", json!({"k": {}})).await;
+    const CLIENTS: usize = 20;
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let mut client = Client::connect(&format!("ws://{}/ws", doomed.addr)).await;
+        let user = format!("auth0|kill{i}");
+        let reply = client
+            .request(
+                json!({"op": "ident", "token": NodeProcess::token(&user), "channels": {"k": {}}}),
+            )
+            .await;
+        assert_eq!(reply["ok"], true, "{reply}");
+        let epoch = reply["data"]["channels"]["k"]["epoch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let offset = reply["data"]["channels"]["k"]["offset"].as_u64().unwrap();
+        clients.push((user, client, epoch, offset, Vec::<u64>::new()));
+    }
+    // Memberships reach the other nodes through the bucket, a moment after the joins.
+    wait_members(&survivor, "k", CLIENTS + 1).await;
+
+    const TOTAL: u64 = 2_000;
+    let publisher = {
+        let url = survivor.url("/api/publish");
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for n in 0..TOTAL {
+                let envelope = json!({"event": "tick", "channels": ["k"], "data": {"n": n}});
+                let response = http
+                    .post(&url)
+                    .bearer_auth(API_KEY)
+                    .json(&envelope)
+                    .send()
+                    .await
+                    .expect("publish");
+                assert_eq!(response.status(), 200);
+                if n % 100 == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        })
+    };
+    // Read until a quarter of the stream went by, then kill the node under the clients.
+    for (_, client, _, offset, numbers) in clients.iter_mut() {
+        while numbers.len() < (TOTAL / 4) as usize {
+            let Some(event) = seen(&client.next().await) else {
+                continue;
+            };
+            numbers.push(event.n);
+            *offset = event.via["k"];
+        }
+    }
+    doomed.child.start_kill().expect("SIGKILL");
+    let _ = doomed.child.wait().await;
+    let killed_at = Instant::now();
+    // Every client comes back on the survivor with its position.
+    let mut recovered = 0;
+    for (user, client, epoch, offset, numbers) in clients.iter_mut() {
+        let mut fresh = survivor.connect().await;
+        let reply = fresh
+            .request(json!({"op": "ident", "token": survivor.token(user, None),
+                            "channels": {"k": {"offset": *offset, "epoch": epoch.clone()}}}))
+            .await;
+        assert_eq!(reply["ok"], true, "{reply}");
+        recovered += usize::from(reply["data"]["channels"]["k"]["recovered"] == true);
+        *client = fresh;
+        let left = TOTAL as usize - numbers.len();
+        numbers.extend(read_events(client, left).await.into_iter().map(|e| e.n));
+    }
+    publisher.await.expect("publisher");
+    // The dead node's members leave the survivor's presence, with `left` notices.
+    let mut lefts = 0;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let presence = survivor.get("/api/channels/k/presence").await.1;
+        let members = presence["members"].as_array().map_or(0, Vec::len);
+        if members == CLIENTS + 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dead members still listed: {presence}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gone_in = killed_at.elapsed();
+    while let Some(frame) = watcher.try_next(Duration::from_millis(200)).await {
+        lefts += usize::from(frame["op"] == "left");
+    }
+    let (mut lost, mut duplicated) = (0, 0);
+    for (user, _, _, _, numbers) in &clients {
+        let (l, d, _) = tally(user, TOTAL as usize, numbers, "node killed mid-stream");
+        lost += l;
+        duplicated += d;
+    }
+    println!(
+        "node killed: {CLIENTS} clients moved to the survivor, {recovered} recovered, lost {lost}, \
+         duplicated {duplicated}; the dead node's members gone from presence {gone_in:?} after the kill \
+         (node_timeout 3s), {lefts} left notices"
+    );
+    assert_eq!((recovered, lost, duplicated), (CLIENTS, 0, 0));
+    assert_eq!(
+        lefts, CLIENTS,
+        "a left notice for every member of the dead node"
+    );
+    survivor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_s_history_survives_its_restart_and_its_clients_recover_exactly() {
+    let nats = NatsServer::start().await;
+    let config = node_config(&nats, "solo", "durable");
+    let gateway = start_with(&[], Some(&config)).await;
+    let (mut client, ident) = member(&gateway, "github|42", json!({"d": {}})).await;
+    let epoch = ident["channels"]["d"]["epoch"].as_str().unwrap().to_owned();
+    for n in 0..100 {
+        gateway
+            .publish(json!({"event": "e", "channels": ["d"], "data": {"n": n}}))
+            .await;
+    }
+    let first = read_events(&mut client, 100).await;
+    let position = first.last().expect("events").via["d"];
+    client.close().await;
+    for n in 100..3100 {
+        gateway
+            .publish(json!({"event": "e", "channels": ["d"], "data": {"n": n}}))
+            .await;
+    }
+    gateway.stop().await;
+    let restarted = start_with(&[], Some(&config)).await;
+    let (mut client, ident) = member(
+        &restarted,
+        "github|42",
+        json!({"d": {"offset": position, "epoch": epoch}}),
+    )
+    .await;
+    assert_eq!(
+        ident["channels"]["d"]["epoch"],
+        epoch.as_str(),
+        "the log's epoch, not a new one"
+    );
+    assert_eq!(ident["channels"]["d"]["recovered"], true, "{ident}");
+    let missed = read_events(&mut client, 3000).await;
+    let numbers: Vec<u64> = missed.iter().map(|e| e.n - 100).collect();
+    let (lost, duplicated, disordered) = tally("restarted node", 3000, &numbers, "1 restart");
+    assert_eq!((lost, duplicated, disordered), (0, 0, 0));
+    client.expect_nothing(Duration::from_millis(300)).await;
+    restarted.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_nats_refuses_publishes_it_cannot_store_and_says_so() {
+    let mut nats = NatsServer::start().await;
+    let gateway = node(&nats, "lonely", "lost").await;
+    let (mut client, _) = member(&gateway, "auth0|lonely", json!({"x": {}})).await;
+    let key = "order-7";
+    let first = gateway
+        .post(
+            "/api/publish",
+            &json!({"event": "e", "channels": ["x"], "data": {"n": 0}, "key": key}),
+        )
+        .await;
+    assert_eq!(first.0, 200, "{first:?}");
+    let again = gateway
+        .post(
+            "/api/publish",
+            &json!({"event": "e", "channels": ["x"], "data": {"n": 0}, "key": key}),
+        )
+        .await;
+    assert_eq!(
+        again.1, first.1,
+        "a repeated key is answered with the original's id and offsets"
+    );
+    assert_eq!(read_events(&mut client, 1).await.len(), 1);
+    client.expect_nothing(Duration::from_millis(300)).await;
+
+    nats.kill();
+    let ready = gateway.wait_readyz(503).await;
+    assert!(ready.to_string().contains("cluster"), "{ready}");
+    let (status, body) = gateway
+        .post(
+            "/api/publish",
+            &json!({"event": "e", "channels": ["x"], "data": {"n": 1}}),
+        )
+        .await;
+    assert_eq!((status, body["code"].as_u64()), (503, Some(4503)), "{body}");
+    client.expect_nothing(Duration::from_millis(300)).await;
+    let reply = client.request(json!({"op": "ping"})).await;
+    assert_eq!(reply["ok"], true, "local clients are still served");
+    let metrics = gateway.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("herald_cluster_publish_failures_total ") && !l.ends_with(" 0")),
+        "counted in /metrics"
+    );
+
+    nats.restart().await;
+    gateway.wait_readyz(200).await;
+    let (status, _) = gateway
+        .post(
+            "/api/publish",
+            &json!({"event": "e", "channels": ["x"], "data": {"n": 2}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let after = read_events(&mut client, 1).await;
+    assert_eq!(after.first().map(|e| e.n), Some(2));
+    println!("NATS lost: publishes refused 503 (4503) while down, served again after 1 restart");
+    gateway.stop().await;
+}
