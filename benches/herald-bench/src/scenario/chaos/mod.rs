@@ -114,37 +114,22 @@ async fn metric(server: &Server, name: &str) -> f64 {
 }
 
 fn add_phase(r: &mut RunResult, tag: &str, p: &Phase) {
-    r.fig(&format!("{tag}_p50_ms"), p.lat.p50_ms, "ms", Better::Lower);
-    r.fig(&format!("{tag}_p99_ms"), p.lat.p99_ms, "ms", Better::Lower);
+    let figures = [
+        ("p50_ms", p.lat.p50_ms, "ms"),
+        ("p99_ms", p.lat.p99_ms, "ms"),
+        ("lost", p.acc.lost as f64, "events"),
+        ("duplicated", p.acc.duplicated as f64, "events"),
+        ("out_of_order", p.acc.out_of_order as f64, "events"),
+        ("disconnected", p.disconnects as f64, "clients"),
+    ];
+    for (key, value, unit) in figures {
+        r.fig(&format!("{tag}_{key}"), value, unit, Better::Lower);
+    }
     r.fig(
         &format!("{tag}_delivered"),
         p.acc.delivered as f64,
         "msgs",
         Better::Info,
-    );
-    r.fig(
-        &format!("{tag}_lost"),
-        p.acc.lost as f64,
-        "events",
-        Better::Lower,
-    );
-    r.fig(
-        &format!("{tag}_duplicated"),
-        p.acc.duplicated as f64,
-        "events",
-        Better::Lower,
-    );
-    r.fig(
-        &format!("{tag}_out_of_order"),
-        p.acc.out_of_order as f64,
-        "events",
-        Better::Lower,
-    );
-    r.fig(
-        &format!("{tag}_disconnected"),
-        p.disconnects as f64,
-        "clients",
-        Better::Lower,
     );
     if !p.acc.is_clean() || p.acc.delivered == 0 || p.disconnects > 0 || p.connect_failures > 0 {
         r.ok = false;

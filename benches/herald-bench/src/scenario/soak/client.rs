@@ -217,13 +217,8 @@ impl Client<'_> {
                 1 | 2 if self.joined.len() < self.w.channels.len().min(4) => {
                     let ch = self.w.channels[self.rng.below(self.w.channels.len())].clone();
                     if !self.joined.contains_key(&ch) {
-                        let id = self.id();
-                        send(
-                            &mut ws,
-                            serde_json::json!({"op": "join", "id": id, "channel": ch}).to_string(),
-                        )
-                        .await?;
-                        self.pending = Some((id, Pending::Join(ch)));
+                        self.request(&mut ws, "join", ch.clone(), Pending::Join(ch))
+                            .await?;
                     }
                 }
                 _ if self.joined.len() > 1 => {
@@ -231,22 +226,28 @@ impl Client<'_> {
                     let Some(ch) = self.joined.keys().nth(k).cloned() else {
                         continue;
                     };
-                    let id = self.id();
-                    send(
-                        &mut ws,
-                        serde_json::json!({"op": "leave", "id": id, "channel": ch}).to_string(),
-                    )
-                    .await?;
-                    self.pending = Some((id, Pending::Leave(ch)));
+                    self.request(&mut ws, "leave", ch.clone(), Pending::Leave(ch))
+                        .await?;
                 }
                 _ => {}
             }
         }
     }
 
-    fn id(&mut self) -> u64 {
+    /// Sends `op` on `channel` with a fresh id and waits for its reply as `what`.
+    async fn request(
+        &mut self,
+        ws: &mut Ws,
+        op: &str,
+        channel: String,
+        what: Pending,
+    ) -> Result<(), String> {
         self.next_id += 1;
-        self.next_id
+        let id = self.next_id;
+        let frame = serde_json::json!({"op": op, "id": id, "channel": channel});
+        send(ws, frame.to_string()).await?;
+        self.pending = Some((id, what));
+        Ok(())
     }
 
     /// Every frame of one message, in order.
