@@ -26,7 +26,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use client::{Kind, Transport};
 use publish::Via;
+use scenario::chaos::ChaosPlan;
 use scenario::deliver::{DeliverPlan, Shape};
+use scenario::soak::SoakPlan;
+use scenario::storm::StormPlan;
 use scenario::{Common, Ctx, RunResult};
 use server::ServerOpts;
 
@@ -229,6 +232,72 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         warmup: u64,
     },
+    /// Herald is restarted under N identified clients (SIGTERM, then started again on the same
+    /// port): every client waits its jittered `reconnect_delay`, reconnects through the accept
+    /// ramp and identifies again. Herald only.
+    ReconnectStorm {
+        #[arg(long, default_value_t = 10000)]
+        clients: usize,
+        /// Herald's `reconnect_spread`, seconds.
+        #[arg(long, default_value_t = 5.0)]
+        spread_s: f64,
+        /// Herald's `accept_ramp`, seconds.
+        #[arg(long, default_value_t = 10.0)]
+        ramp_s: f64,
+        /// Herald's `accept_ramp_start`, connections per second.
+        #[arg(long, default_value_t = 1000)]
+        ramp_start: usize,
+        /// Events published before the restart and again after it.
+        #[arg(long, default_value_t = 10)]
+        events: u64,
+    },
+    /// N connections under steady HTTP publishing with random joins, leaves and reconnects
+    /// (resuming from their positions) for a while: server RSS after the warm-up and at the
+    /// end against a stated bound, latency, and every event lost, duplicated or out of order.
+    /// Herald only.
+    Soak {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        channels: usize,
+        /// Events per second, round-robin over the channels.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// 3600 for the hour-long soak by hand.
+        #[arg(long, default_value_t = 60.0)]
+        duration_s: f64,
+        /// RSS is judged from the end of the warm-up (at most half the duration).
+        #[arg(long, default_value_t = 10.0)]
+        warmup_s: f64,
+        /// Mean seconds between one client's actions (join, leave or reconnect).
+        #[arg(long, default_value_t = 10.0)]
+        churn_s: f64,
+        /// RSS growth allowed after the warm-up, % of the RSS then…
+        #[arg(long, default_value_t = 10.0)]
+        rss_growth_pct: f64,
+        /// …or this many MiB, whichever is larger.
+        #[arg(long, default_value_t = 8.0)]
+        rss_growth_min_mib: f64,
+    },
+    /// Well-behaved subscribers under a steady publish stream, calm and then beside abusive
+    /// clients (malformed and broken frames, floods, oversized messages, half-open and
+    /// stalled sockets, clients that never read, slowloris, reconnect loops): cuts by kind,
+    /// crashes, loss, and the p99 under abuse ÷ the calm p99. Herald only.
+    Chaos {
+        #[arg(long, default_value_t = 200)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        /// Seconds of the calm phase and of the chaos phase each.
+        #[arg(long, default_value_t = 20.0)]
+        phase_s: f64,
+        /// Abusive clients of each kind at once.
+        #[arg(long, default_value_t = 4)]
+        per_kind: usize,
+        /// Herald's `max_message_size` (pass the same with --herald-arg when changing it).
+        #[arg(long, default_value_t = 65536)]
+        max_message_size: usize,
+    },
     /// The machine's floor for `steady`: raw TCP, one write loop per core, no protocol
     /// (`steady`, `short` and `all` run it too).
     Floor {
@@ -254,6 +323,9 @@ enum Cmd {
 
 enum Job {
     Deliver(DeliverPlan),
+    Storm(StormPlan),
+    Soak(SoakPlan),
+    Chaos(ChaosPlan),
     Idle(usize, Duration),
     Connect(usize),
     Recover {
@@ -261,6 +333,14 @@ enum Job {
         warmup: u64,
         missed: u64,
     },
+}
+
+impl Job {
+    /// Whether the job measures something only Herald has (restarts with reconnect delays,
+    /// its limits): Socket.IO is skipped.
+    fn herald_only(&self) -> bool {
+        matches!(self, Job::Storm(_) | Job::Soak(_) | Job::Chaos(_))
+    }
 }
 
 /// Events a one-channel publisher (fanout, broadcast) keeps outstanding. Counted in events,
@@ -455,6 +535,60 @@ fn jobs(cmd: &Cmd, transports: &[Transport]) -> Vec<(Job, Transport)> {
                 missed: *missed,
             }]
         }),
+        Cmd::ReconnectStorm {
+            clients,
+            spread_s,
+            ramp_s,
+            ramp_start,
+            events,
+        } => vec![(
+            Job::Storm(StormPlan {
+                clients: *clients,
+                spread: Duration::from_secs_f64(*spread_s),
+                ramp: Duration::from_secs_f64(*ramp_s),
+                ramp_start: *ramp_start,
+                events: *events,
+            }),
+            Transport::Ws,
+        )],
+        Cmd::Soak {
+            connections,
+            channels,
+            rate,
+            duration_s,
+            warmup_s,
+            churn_s,
+            rss_growth_pct,
+            rss_growth_min_mib,
+        } => vec![(
+            Job::Soak(SoakPlan {
+                connections: *connections,
+                channels: *channels,
+                rate: *rate,
+                duration: Duration::from_secs_f64(*duration_s),
+                warmup: Duration::from_secs_f64(*warmup_s),
+                churn: Duration::from_secs_f64(*churn_s),
+                rss_growth_pct: *rss_growth_pct,
+                rss_growth_min_mib: *rss_growth_min_mib,
+            }),
+            Transport::Ws,
+        )],
+        Cmd::Chaos {
+            subscribers,
+            rate,
+            phase_s,
+            per_kind,
+            max_message_size,
+        } => vec![(
+            Job::Chaos(ChaosPlan {
+                subscribers: *subscribers,
+                rate: *rate,
+                phase: Duration::from_secs_f64(*phase_s),
+                per_kind: *per_kind,
+                max_message_size: *max_message_size,
+            }),
+            Transport::Ws,
+        )],
         Cmd::Short => {
             use Transport::{Longpoll, Sse, Ws};
             vec![
@@ -589,6 +723,9 @@ fn floor_plan(cmd: &Cmd) -> Option<floor::Plan> {
 async fn run_job(ctx: &Ctx, job: &Job) -> RunResult {
     match job {
         Job::Deliver(p) => scenario::deliver::run(ctx, p.clone()).await,
+        Job::Storm(p) => scenario::storm::run(ctx, *p).await,
+        Job::Soak(p) => scenario::soak::run(ctx, *p).await,
+        Job::Chaos(p) => scenario::chaos::run(ctx, *p).await,
         Job::Idle(n, settle) => scenario::idle::idle(ctx, *n, *settle).await,
         Job::Connect(n) => scenario::idle::connect(ctx, *n).await,
         Job::Recover {
@@ -696,6 +833,10 @@ fn main() -> anyhow::Result<()> {
                 for &kind in &kinds {
                     if let Some(why) = transport.unsupported(kind) {
                         eprintln!("[{kind}] skipped over {transport}: {why}");
+                        continue;
+                    }
+                    if job.herald_only() && kind != Kind::Herald {
+                        eprintln!("[{kind}] skipped: the scenario has no Socket.IO equivalent");
                         continue;
                     }
                     let ctx = Ctx {

@@ -326,6 +326,26 @@ impl Publisher {
         record_offsets(&text, into)
     }
 
+    /// Publishes `n` events to `channel`, numbered from `first`, 100 per request.
+    pub async fn publish_n(
+        &self,
+        channel: &str,
+        n: u64,
+        first: u64,
+        into: &mut Published,
+    ) -> Result<(), PublishError> {
+        let mut k = 0;
+        while k < n {
+            let m = (n - k).min(100);
+            let targets: Vec<(To, u64)> = (0..m)
+                .map(|j| (To::Channel(channel.into()), first + k + j))
+                .collect();
+            self.publish(&targets, "", true, into).await?;
+            k += m;
+        }
+        Ok(())
+    }
+
     /// Sends a request with the server's credentials; the body of a 200, else an error.
     async fn send(&self, mut req: reqwest::RequestBuilder) -> Result<String, PublishError> {
         if let Some(a) = &self.auth {

@@ -178,24 +178,8 @@ pub fn markdown(meta: &Meta, runs: &[RunResult]) -> String {
             num(r.get("harness_cpu_pct")),
         );
     }
-    let extra: Vec<&RunResult> = runs.iter().filter(|r| r.scenario == "recover").collect();
-    if !extra.is_empty() {
-        let _ = writeln!(
-            s,
-            "\n| recover run | target | recovered sessions | recover ms | reconnect/s |"
-        );
-        let _ = writeln!(s, "|---|---|---:|---:|---:|");
-        for r in extra {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} |",
-                r.label,
-                r.target,
-                num(r.get("recovered_sessions")),
-                num(r.get("recover_ms")),
-                num(r.get("reconnect_per_s"))
-            );
-        }
+    for (scenario, columns) in EXTRA {
+        extra_table(&mut s, runs, scenario, columns);
     }
     transports(&mut s, runs);
     let rs = ratios(runs);
@@ -230,6 +214,80 @@ pub fn markdown(meta: &Meta, runs: &[RunResult]) -> String {
         }
     }
     s
+}
+
+/// Scenarios whose own figures get a table of their own: (scenario, [(column, figure key)]).
+const EXTRA: &[(&str, &[(&str, &str)])] = &[
+    (
+        "recover",
+        &[
+            ("recovered sessions", "recovered_sessions"),
+            ("recover ms", "recover_ms"),
+            ("reconnect/s", "reconnect_per_s"),
+        ],
+    ),
+    (
+        "reconnect-storm",
+        &[
+            ("clients", "clients"),
+            ("server up ms", "server_up_ms"),
+            ("all back ms", "all_back_ms"),
+            ("reconnect/s", "reconnect_per_s"),
+            ("refused (ramp)", "refused_ramp"),
+            ("retries", "retries"),
+            ("never back", "never_back"),
+            ("re-ident p99 ms", "reident_p99_ms"),
+            ("lost after", "lost"),
+        ],
+    ),
+    (
+        "soak",
+        &[
+            ("RSS start MiB", "rss_start_mib"),
+            ("RSS end MiB", "rss_end_mib"),
+            ("bound MiB", "rss_bound_mib"),
+            ("within bound", "rss_within_bound"),
+            ("p50 ms", "p50_ms"),
+            ("p99 ms", "p99_ms"),
+            ("joins", "joins"),
+            ("leaves", "leaves"),
+            ("reconnects", "reconnects"),
+            ("recover failed", "recover_failed"),
+            ("lost", "lost"),
+            ("dup", "duplicated"),
+            ("ooo", "out_of_order"),
+        ],
+    ),
+    (
+        "chaos",
+        &[
+            ("frames tried", "frames_tried"),
+            ("abusive conns", "abusive_connections"),
+            ("cut", "abusive_cut"),
+            ("crashes", "crashes"),
+            ("readyz", "readyz_ok"),
+            ("calm p99 ms", "calm_p99_ms"),
+            ("chaos p99 ms", "chaos_p99_ms"),
+            ("p99 ratio", "p99_ratio"),
+            ("lost calm", "calm_lost"),
+            ("lost chaos", "chaos_lost"),
+        ],
+    ),
+];
+
+/// One scenario's own figures, a row per run; nothing when it did not run.
+fn extra_table(s: &mut String, runs: &[RunResult], scenario: &str, columns: &[(&str, &str)]) {
+    let rows: Vec<&RunResult> = runs.iter().filter(|r| r.scenario == scenario).collect();
+    if rows.is_empty() {
+        return;
+    }
+    let heads: Vec<&str> = columns.iter().map(|c| c.0).collect();
+    let _ = writeln!(s, "\n| {scenario} run | target | {} |", heads.join(" | "));
+    let _ = writeln!(s, "|---|---|{}", "---:|".repeat(columns.len()));
+    for r in rows {
+        let cells: Vec<String> = columns.iter().map(|c| num(r.get(c.1))).collect();
+        let _ = writeln!(s, "| {} | {} | {} |", r.label, r.target, cells.join(" | "));
+    }
 }
 
 /// `fanout-sse-1000` → `fanout-1000`: runs of one scenario and size over any transport.

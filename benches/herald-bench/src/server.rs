@@ -103,6 +103,74 @@ pub async fn ensure_peer_installed(dir: &Path) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// Timings of a [`Server::restart`], from the SIGTERM.
+#[derive(Debug, Clone, Copy)]
+pub struct Restarted {
+    /// Until the old process had exited.
+    pub exited: Duration,
+    /// Until the new one answered `/healthz`.
+    pub healthy: Duration,
+}
+
+/// Everything needed to spawn one server process.
+struct Launch {
+    kind: Kind,
+    addr: SocketAddr,
+    api_key: String,
+    jwt_secret: String,
+    log_path: PathBuf,
+    recovery: bool,
+}
+
+impl Launch {
+    fn spawn(&self, opts: &ServerOpts) -> Result<Child, ServerError> {
+        std::fs::create_dir_all(&opts.log_dir)?;
+        let log = std::fs::File::create(&self.log_path)?;
+        let log2 = log.try_clone()?;
+        let mut cmd = match self.kind {
+            Kind::Herald => {
+                if !opts.herald_bin.exists() {
+                    return Err(ServerError::Missing {
+                        what: "herald binary",
+                        path: opts.herald_bin.clone(),
+                        hint: "build it with `cargo build --release -j 1 --bin herald` or pass --herald-bin",
+                    });
+                }
+                let mut c = Command::new(&opts.herald_bin);
+                c.arg("--listen")
+                    .arg(self.addr.to_string())
+                    .arg("--api-key")
+                    .arg(&self.api_key)
+                    .arg("--jwt-secret")
+                    .arg(&self.jwt_secret)
+                    .args(&opts.herald_args)
+                    .env(
+                        "HERALD_LOG",
+                        std::env::var("HERALD_LOG").unwrap_or_else(|_| "warn".into()),
+                    );
+                c
+            }
+            Kind::SocketIo => {
+                let mut c = Command::new(&opts.node);
+                c.arg("server.js")
+                    .arg("--port")
+                    .arg(self.addr.port().to_string())
+                    .current_dir(&opts.peer_dir);
+                if self.recovery {
+                    c.arg("--recovery");
+                }
+                c
+            }
+        };
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .kill_on_drop(true);
+        cmd.spawn()
+            .map_err(|e| ServerError::Spawn(self.kind.to_string(), e))
+    }
+}
+
 impl Server {
     /// Starts a fresh server of `kind`. `recovery` turns on Socket.IO's connection state
     /// recovery (off by default, as in Socket.IO itself; Herald always keeps history).
@@ -114,68 +182,75 @@ impl Server {
     ) -> Result<Server, ServerError> {
         let port = crate::net::free_port()?;
         let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
-        let api_key = random_hex(16);
-        let jwt_secret = random_hex(24);
-        std::fs::create_dir_all(&opts.log_dir)?;
-        let log_path = opts.log_dir.join(format!("{tag}-{kind}.log"));
-        let log = std::fs::File::create(&log_path)?;
-        let log2 = log.try_clone()?;
-        let mut cmd = match kind {
-            Kind::Herald => {
-                if !opts.herald_bin.exists() {
-                    return Err(ServerError::Missing {
-                        what: "herald binary",
-                        path: opts.herald_bin.clone(),
-                        hint: "build it with `cargo build --release -j 1 --bin herald` or pass --herald-bin",
-                    });
-                }
-                let mut c = Command::new(&opts.herald_bin);
-                c.arg("--listen")
-                    .arg(addr.to_string())
-                    .arg("--api-key")
-                    .arg(&api_key)
-                    .arg("--jwt-secret")
-                    .arg(&jwt_secret)
-                    .args(&opts.herald_args)
-                    .env(
-                        "HERALD_LOG",
-                        std::env::var("HERALD_LOG").unwrap_or_else(|_| "warn".into()),
-                    );
-                c
-            }
-            Kind::SocketIo => {
-                ensure_peer_installed(&opts.peer_dir).await?;
-                let mut c = Command::new(&opts.node);
-                c.arg("server.js")
-                    .arg("--port")
-                    .arg(port.to_string())
-                    .current_dir(&opts.peer_dir);
-                if recovery {
-                    c.arg("--recovery");
-                }
-                c
-            }
+        let launch = Launch {
+            kind,
+            addr,
+            api_key: random_hex(16),
+            jwt_secret: random_hex(24),
+            log_path: opts.log_dir.join(format!("{tag}-{kind}.log")),
+            recovery,
         };
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2))
-            .kill_on_drop(true);
-        let child = cmd
-            .spawn()
-            .map_err(|e| ServerError::Spawn(kind.to_string(), e))?;
+        if kind == Kind::SocketIo {
+            ensure_peer_installed(&opts.peer_dir).await?;
+        }
+        let child = launch.spawn(opts)?;
         let pid = child.id().unwrap_or(0);
         // On a failed start the Server is dropped and kill_on_drop ends the process.
         let mut server = Server {
             kind,
             addr,
             pid,
-            api_key,
-            jwt_secret,
-            log_path,
+            api_key: launch.api_key,
+            jwt_secret: launch.jwt_secret,
+            log_path: launch.log_path,
             child,
         };
         server.wait_healthy(Duration::from_secs(30)).await?;
         Ok(server)
+    }
+
+    /// Stops the server with SIGTERM, as an operator's restart does, waits until it has
+    /// exited (its own shutdown grace, at most `limit`), then starts it again on the same
+    /// address with the same keys, so clients can come back with the tokens they hold.
+    /// The new process logs to `<log>.restart`. Returns when it answers `/healthz`.
+    pub async fn restart(
+        &mut self,
+        opts: &ServerOpts,
+        limit: Duration,
+    ) -> Result<Restarted, ServerError> {
+        let stopping = Instant::now();
+        self.terminate();
+        if tokio::time::timeout(limit, self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        let exited = stopping.elapsed();
+        let launch = Launch {
+            kind: self.kind,
+            addr: self.addr,
+            api_key: self.api_key.clone(),
+            jwt_secret: self.jwt_secret.clone(),
+            log_path: self.log_path.with_extension("restart.log"),
+            recovery: false,
+        };
+        self.child = launch.spawn(opts)?;
+        self.pid = self.child.id().unwrap_or(0);
+        self.log_path = launch.log_path;
+        self.wait_healthy(Duration::from_secs(30)).await?;
+        Ok(Restarted {
+            exited,
+            healthy: stopping.elapsed(),
+        })
+    }
+
+    /// Sends SIGTERM to the running process.
+    fn terminate(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
+        }
     }
 
     async fn wait_healthy(&mut self, limit: Duration) -> Result<(), ServerError> {
@@ -223,10 +298,7 @@ impl Server {
     /// SIGTERM, a short grace period, then SIGKILL.
     pub async fn stop(mut self) {
         if self.alive() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
-            }
+            self.terminate();
             if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
                 .await
                 .is_err()

@@ -34,6 +34,9 @@ pub struct Frame<'a> {
     pub code: Option<i64>,
     #[serde(default)]
     pub error: Option<String>,
+    /// On `disconnect`: how long the server asks the client to wait before coming back (ms).
+    #[serde(default)]
+    pub reconnect_delay: Option<u64>,
 }
 
 /// The frames of one text message.
@@ -47,6 +50,8 @@ pub struct Control {
     /// `(id, ok, data or error text, code)` of each reply.
     pub replies: Vec<(u64, bool, String, Option<i64>)>,
     pub disconnect: Option<i64>,
+    /// The disconnect's `reconnect_delay` (ms), when it carried one.
+    pub reconnect_delay: Option<u64>,
 }
 
 /// Reads an event frame as Herald writes it (`{"op":"event",…,"via":{…}}`, `via` last, the
@@ -97,7 +102,10 @@ pub fn process(text: &str, sink: &mut Sink<'_>, now: u64) -> Control {
                 };
                 ctl.replies.push((id, ok, body, frame.code));
             }
-            "disconnect" => ctl.disconnect = Some(frame.code.unwrap_or(0)),
+            "disconnect" => {
+                ctl.disconnect = Some(frame.code.unwrap_or(0));
+                ctl.reconnect_delay = frame.reconnect_delay;
+            }
             // joined/left notices and ops added later are not the harness's business.
             _ => {}
         }
@@ -136,11 +144,16 @@ pub fn ident_frame(token: &str, channels: &[ChannelReq]) -> String {
 
 pub struct HeraldConn {
     ws: Ws,
+    /// The `reconnect_delay` (ms) of the disconnect that ended [`HeraldConn::run`], if any.
+    pub reconnect_delay: Option<u64>,
 }
 
 impl HeraldConn {
     pub fn new(ws: Ws) -> Self {
-        HeraldConn { ws }
+        HeraldConn {
+            ws,
+            reconnect_delay: None,
+        }
     }
 
     pub async fn ident(
@@ -201,6 +214,7 @@ impl HeraldConn {
                         let ctl = process(t.as_str(), sink, now);
                         sink.end_message(now);
                         if let Some(code) = ctl.disconnect {
+                            self.reconnect_delay = ctl.reconnect_delay;
                             return RunEnd::Closed(Some(code));
                         }
                     }
@@ -314,6 +328,16 @@ mod tests {
         );
         assert_eq!(ctl.replies[0], (1, false, "bad token".into(), Some(4002)));
         assert_eq!(ctl.disconnect, Some(4002));
+        assert_eq!(ctl.reconnect_delay, None);
+        let ctl = process(
+            r#"{"op":"disconnect","code":4100,"reason":"shutdown","reconnect":true,"reconnect_delay":2315}"#,
+            &mut sink,
+            0,
+        );
+        assert_eq!(
+            (ctl.disconnect, ctl.reconnect_delay),
+            (Some(4100), Some(2315))
+        );
     }
 
     #[test]

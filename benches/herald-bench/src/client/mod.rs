@@ -415,6 +415,15 @@ impl Conn {
             .map_err(|_| ClientError::Timeout("ident reply"))?
     }
 
+    /// The `reconnect_delay` (ms) of the disconnect that ended the last [`Conn::run`]; Herald
+    /// over a WebSocket only.
+    pub fn reconnect_delay(&self) -> Option<u64> {
+        match self {
+            Conn::Herald(c) => c.reconnect_delay,
+            _ => None,
+        }
+    }
+
     /// Reads events into `sink` until `stop` resolves or the connection ends.
     pub async fn run(
         &mut self,

@@ -1,9 +1,14 @@
 //! Scenarios: each starts a fresh server, drives clients, and returns one [`RunResult`].
 
+pub mod chaos;
 pub mod deliver;
 pub mod idle;
 pub mod recover;
+pub mod soak;
+pub mod storm;
 pub mod swarm;
+pub mod ticker;
+pub mod wait;
 
 use std::time::{Duration, Instant};
 

@@ -16,9 +16,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::swarm::connect_ident;
+use super::wait::{wait_count, wait_delivered};
 use super::{with_server, Better, Ctx, RunResult};
 use crate::client::{ChannelReq, Kind, Shared, Sink};
-use crate::publish::{Publisher, To};
+use crate::publish::Publisher;
 use crate::stats::{Accounting, Published, Tracker};
 use crate::sys::now_us;
 
@@ -35,43 +36,6 @@ struct Counters {
     back: AtomicUsize,
     failed: AtomicUsize,
     recovered: AtomicUsize,
-}
-
-async fn wait_count(c: &AtomicUsize, n: usize, limit: Duration) -> bool {
-    let start = Instant::now();
-    while c.load(Ordering::Relaxed) < n {
-        if start.elapsed() >= limit {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    true
-}
-
-async fn wait_delivered(shared: &Shared, n: u64, limit: Duration) -> bool {
-    let start = Instant::now();
-    while shared.delivered.load(Ordering::Relaxed) < n {
-        if start.elapsed() >= limit {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    true
-}
-
-async fn publish_n(p: &Publisher, n: u64, first: u64, into: &mut Published) -> Result<(), String> {
-    let mut k = 0;
-    while k < n {
-        let m = (n - k).min(100);
-        let targets: Vec<(To, u64)> = (0..m)
-            .map(|j| (To::Channel("bench".into()), first + k + j))
-            .collect();
-        p.publish(&targets, "", true, into)
-            .await
-            .map_err(|e| e.to_string())?;
-        k += m;
-    }
-    Ok(())
 }
 
 pub async fn run(ctx: &Ctx, clients: usize, warmup: u64, missed: u64) -> RunResult {
@@ -204,7 +168,10 @@ pub async fn run(ctx: &Ctx, clients: usize, warmup: u64, missed: u64) -> RunResu
                 );
             }
             let ready = counters.ready.load(Ordering::Relaxed) as u64;
-            if let Err(e) = publish_n(&publisher, warmup, 0, &mut published).await {
+            if let Err(e) = publisher
+                .publish_n("bench", warmup, 0, &mut published)
+                .await
+            {
                 finish(&mut r, format!("warm-up publish: {e}"));
                 break 'phases;
             }
@@ -237,7 +204,10 @@ pub async fn run(ctx: &Ctx, clients: usize, warmup: u64, missed: u64) -> RunResu
                 }
             }
             let before = shared.delivered.load(Ordering::Relaxed);
-            if let Err(e) = publish_n(&publisher, missed, warmup, &mut published).await {
+            if let Err(e) = publisher
+                .publish_n("bench", missed, warmup, &mut published)
+                .await
+            {
                 finish(&mut r, format!("publish while away: {e}"));
                 break 'phases;
             }
