@@ -177,7 +177,7 @@ async fn measure(plan: Plan) -> anyhow::Result<Floor> {
             latency.saturating_record(us);
         }
     }
-    let used = cpu.used(pid);
+    let used = cpu.used();
     let write_loop: LoopTimes = serde_json::from_str(
         &lines
             .next_line()

@@ -27,6 +27,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use client::{Kind, Transport};
 use publish::Via;
 use scenario::chaos::ChaosPlan;
+use scenario::cluster::ClusterPlan;
 use scenario::deliver::{DeliverPlan, Shape};
 use scenario::soak::SoakPlan;
 use scenario::storm::StormPlan;
@@ -157,6 +158,21 @@ enum Cmd {
         /// Subscriber counts, comma-separated (one run each).
         #[arg(long, value_delimiter = ',', default_value = "1000")]
         subscribers: Vec<usize>,
+        /// Events per run (default: about 2M deliveries, 200..5000 events).
+        #[arg(long)]
+        events: Option<u64>,
+        #[command(flatten)]
+        flow: Flow,
+    },
+    /// The fanout load against one in-memory node, one node on JetStream and a cluster of
+    /// nodes on one JetStream log (subscribers spread over them, publishes round-robin), with
+    /// a `nats-server` of its own. Herald only.
+    ClusterFanout {
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        /// Nodes of the cluster.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
         /// Events per run (default: about 2M deliveries, 200..5000 events).
         #[arg(long)]
         events: Option<u64>,
@@ -326,6 +342,7 @@ enum Job {
     Storm(StormPlan),
     Soak(SoakPlan),
     Chaos(ChaosPlan),
+    Cluster(ClusterPlan),
     Idle(usize, Duration),
     Connect(usize),
     Recover {
@@ -339,7 +356,10 @@ impl Job {
     /// Whether the job measures something only Herald has (restarts with reconnect delays,
     /// its limits): Socket.IO is skipped.
     fn herald_only(&self) -> bool {
-        matches!(self, Job::Storm(_) | Job::Soak(_) | Job::Chaos(_))
+        matches!(
+            self,
+            Job::Storm(_) | Job::Soak(_) | Job::Chaos(_) | Job::Cluster(_)
+        )
     }
 }
 
@@ -373,6 +393,15 @@ fn fanout_plan(subscribers: usize, events: u64, f: &Flow) -> DeliverPlan {
         payload: f.payload,
         via: Via::Http,
     }
+}
+
+/// `cluster-fanout`: the fanout load, over `nodes` nodes for the clustered run.
+fn cluster_plan(subscribers: usize, nodes: usize, events: u64, f: &Flow) -> ClusterPlan {
+    let load = DeliverPlan {
+        scenario: "cluster-fanout",
+        ..fanout_plan(subscribers, events, f)
+    };
+    ClusterPlan { load, nodes }
 }
 
 fn plan(
@@ -460,6 +489,20 @@ fn jobs(cmd: &Cmd, transports: &[Transport]) -> Vec<(Job, Transport)> {
                     Job::Deliver(fanout_plan(n, events, flow))
                 })
                 .collect()
+        }),
+        Cmd::ClusterFanout {
+            subscribers,
+            nodes,
+            events,
+            flow,
+        } => each(&|| {
+            let events = events.unwrap_or_else(|| fanout_events(*subscribers));
+            vec![Job::Cluster(cluster_plan(
+                *subscribers,
+                *nodes,
+                events,
+                flow,
+            ))]
         }),
         Cmd::Steady { load } => each(&|| vec![Job::Deliver(steady_plan(*load))]),
         Cmd::Ingest {
@@ -593,6 +636,7 @@ fn jobs(cmd: &Cmd, transports: &[Transport]) -> Vec<(Job, Transport)> {
             use Transport::{Longpoll, Sse, Ws};
             vec![
                 (Job::Deliver(fanout_plan(200, 300, &flow(1))), Ws),
+                (Job::Cluster(cluster_plan(150, 3, 200, &flow(1))), Ws),
                 (
                     Job::Deliver(steady_plan(Steady {
                         subscribers: 100,
@@ -720,8 +764,10 @@ fn floor_plan(cmd: &Cmd) -> Option<floor::Plan> {
     }
 }
 
-async fn run_job(ctx: &Ctx, job: &Job) -> RunResult {
-    match job {
+/// A job's runs: one, or `cluster-fanout`'s three.
+async fn run_job(ctx: &Ctx, job: &Job) -> Vec<RunResult> {
+    let one = match job {
+        Job::Cluster(p) => return scenario::cluster::run(ctx, p).await,
         Job::Deliver(p) => scenario::deliver::run(ctx, p.clone()).await,
         Job::Storm(p) => scenario::storm::run(ctx, *p).await,
         Job::Soak(p) => scenario::soak::run(ctx, *p).await,
@@ -733,7 +779,8 @@ async fn run_job(ctx: &Ctx, job: &Job) -> RunResult {
             warmup,
             missed,
         } => scenario::recover::run(ctx, *clients, *warmup, *missed).await,
-    }
+    };
+    vec![one]
 }
 
 fn repo_root() -> PathBuf {
@@ -845,7 +892,7 @@ fn main() -> anyhow::Result<()> {
                         servers: servers.clone(),
                         common: common.clone(),
                     };
-                    results.push(run_job(&ctx, job).await);
+                    results.extend(run_job(&ctx, job).await);
                     // Partial results survive an interrupted long run.
                     let _ = report::write(&out, &meta, &results);
                 }

@@ -12,7 +12,7 @@ use crate::server::ServerError;
 pub struct NatsServer {
     pub port: u16,
     dir: PathBuf,
-    _child: Child,
+    child: Child,
 }
 
 impl NatsServer {
@@ -39,11 +39,7 @@ impl NatsServer {
                 .await
                 .is_ok()
             {
-                return Ok(Self {
-                    port,
-                    dir,
-                    _child: child,
-                });
+                return Ok(Self { port, dir, child });
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -54,6 +50,17 @@ impl NatsServer {
         ))
     }
 
+    /// The process id, for its CPU time (0 once it has exited).
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// Kills the server and waits until it has exited, so its store can go with nothing
+    /// writing to it.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
@@ -61,6 +68,8 @@ impl NatsServer {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
+        // Not waited for here (no runtime in drop): `stop` does, when there is time.
+        let _ = self.child.start_kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -219,6 +219,22 @@ pub fn markdown(meta: &Meta, runs: &[RunResult]) -> String {
 /// Scenarios whose own figures get a table of their own: (scenario, [(column, figure key)]).
 const EXTRA: &[(&str, &[(&str, &str)])] = &[
     (
+        "cluster-fanout",
+        &[
+            ("nodes", "nodes"),
+            ("deliveries/s", "deliveries_per_s"),
+            ("publish ev/s", "publish_events_per_s"),
+            ("p50 ms", "p50_ms"),
+            ("p99 ms", "p99_ms"),
+            ("lost", "lost"),
+            ("dup", "duplicated"),
+            ("ooo", "out_of_order"),
+            ("Herald CPU % (all nodes)", "server_cpu_pct"),
+            ("nats-server CPU %", "nats_cpu_pct"),
+            ("Herald CPU µs/event", "server_cpu_us_per_event"),
+        ],
+    ),
+    (
         "recover",
         &[
             ("recovered sessions", "recovered_sessions"),

@@ -254,7 +254,17 @@ impl Server {
     }
 
     async fn wait_healthy(&mut self, limit: Duration) -> Result<(), ServerError> {
-        let url = format!("http://{}/healthz", self.addr);
+        self.wait_for("/healthz", limit).await
+    }
+
+    /// Waits until `/readyz` answers 200: a cluster node has its NATS and the log read.
+    pub async fn wait_ready(&mut self, limit: Duration) -> Result<(), ServerError> {
+        self.wait_for("/readyz", limit).await
+    }
+
+    /// Polls `path` until it answers 2xx, at most `limit`; fails early if the process exits.
+    async fn wait_for(&mut self, path: &str, limit: Duration) -> Result<(), ServerError> {
+        let url = format!("http://{}{path}", self.addr);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()

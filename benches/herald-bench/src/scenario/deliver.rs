@@ -12,8 +12,8 @@ use super::swarm::{SubSpec, Swarm};
 use super::{with_server, Better, CpuWindow, Ctx, RunResult};
 use crate::client::Kind;
 use crate::natsd::NatsServer;
-use crate::publish::{Publisher, Route, To, Via};
-use crate::server::ServerOpts;
+use crate::publish::{PublishError, Publisher, Route, To, Via};
+use crate::server::{Server, ServerOpts};
 use crate::stats::{Accounting, Percentiles, Published};
 use crate::sys::now_us;
 
@@ -192,6 +192,19 @@ async fn clean_up(route: &Route, tag: &str) {
 /// One delivery run; `route` is the way envelopes go when not over HTTP.
 async fn run_on(ctx: &Ctx, mut plan: DeliverPlan, route: Option<&Route>) -> RunResult {
     let label = ctx.label(plan.scenario, plan.subscribers);
+    let base = prepare(ctx, &mut plan, label.clone());
+    with_server(ctx, &label, false, base, |server, r| async move {
+        let nodes = [server];
+        let r = measure(ctx, plan, &nodes, route, None, r).await;
+        let [server] = nodes;
+        (server, r)
+    })
+    .await
+}
+
+/// The result a run starts from, labelled `label`, with the plan clamped to the connections
+/// this process can hold.
+pub fn prepare(ctx: &Ctx, plan: &mut DeliverPlan, label: String) -> RunResult {
     let mut notes = Vec::new();
     if plan.subscribers > ctx.max_connections() {
         notes.push(format!(
@@ -207,218 +220,256 @@ async fn run_on(ctx: &Ctx, mut plan: DeliverPlan, route: Option<&Route>) -> RunR
         "batch": plan.batch, "publishers": plan.publishers, "max_inflight": plan.max_inflight,
         "payload_pad": plan.payload, "via": plan.via,
     });
-    let mut base = RunResult::new(plan.scenario, label.clone(), ctx.kind, params);
-    for n in notes {
-        base.note(n);
-    }
     eprintln!(
         "[{}] {label}: {} subscribers over {}, {} events",
         ctx.kind, plan.subscribers, ctx.transport, plan.events
     );
-    with_server(ctx, &label, false, base, |server, mut r| async move {
-        let rss0 = server.rss_kib().unwrap_or(0);
-        let ep = ctx.endpoint(&server);
-        let specs: Vec<SubSpec> = (0..plan.subscribers).map(|i| plan.spec(i)).collect();
-        let swarm = Swarm::spawn(&ep, specs, ctx.common.connect_concurrency);
-        let ready = swarm.wait_ready(ctx.common.wait).await;
-        r.fig(
-            "connect_per_s",
-            ready.ready as f64 / ready.elapsed.as_secs_f64().max(1e-9),
-            "conn/s",
-            Better::Higher,
-        );
-        if ready.failed > 0 || ready.ready < swarm.len() {
+    let mut base = RunResult::new(plan.scenario, label, ctx.kind, params);
+    for n in notes {
+        base.note(n);
+    }
+    base
+}
+
+/// Drives `plan` against running `nodes` (one server, or a cluster's nodes): subscriber i on
+/// node i mod N, publishing round-robin over the nodes (or along `route`), then the
+/// accounting. Memory and server CPU are the nodes' sums; `broker` is a process whose CPU is
+/// reported apart (`nats_cpu_pct`: the cluster's `nats-server`).
+pub async fn measure(
+    ctx: &Ctx,
+    plan: DeliverPlan,
+    nodes: &[Server],
+    route: Option<&Route>,
+    broker: Option<u32>,
+    mut r: RunResult,
+) -> RunResult {
+    let rss = || nodes.iter().map(|n| n.rss_kib().unwrap_or(0)).sum::<u64>();
+    let rss0 = rss();
+    let eps: Vec<_> = nodes.iter().map(|n| ctx.endpoint(n)).collect();
+    let specs: Vec<SubSpec> = (0..plan.subscribers).map(|i| plan.spec(i)).collect();
+    let swarm = Swarm::spawn_over(&eps, specs, ctx.common.connect_concurrency);
+    let ready = swarm.wait_ready(ctx.common.wait).await;
+    r.fig(
+        "connect_per_s",
+        ready.ready as f64 / ready.elapsed.as_secs_f64().max(1e-9),
+        "conn/s",
+        Better::Higher,
+    );
+    if ready.failed > 0 || ready.ready < swarm.len() {
+        r.ok = false;
+        r.note(format!(
+            "{} of {} subscribers connected; first error: {}",
+            ready.ready,
+            swarm.len(),
+            ready.first_error.unwrap_or_default()
+        ));
+    }
+    // Let the server settle the joins before measuring idle memory.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_idle = rss();
+    let conns = ready.ready.max(1) as f64;
+
+    let publishers = match publishers(ctx, nodes, route).await {
+        Ok(p) => p,
+        Err(e) => {
             r.ok = false;
-            r.note(format!(
-                "{} of {} subscribers connected; first error: {}",
-                ready.ready,
-                swarm.len(),
-                ready.first_error.unwrap_or_default()
-            ));
+            r.note(format!("publisher: {e}"));
+            swarm.finish().await;
+            return r;
         }
-        // Let the server settle the joins before measuring idle memory.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let rss_idle = server.rss_kib().unwrap_or(0);
-        let conns = ready.ready.max(1) as f64;
+    };
+    let pids: Vec<u32> = nodes.iter().map(|n| n.pid).collect();
+    let cpu = CpuWindow::start_pids(&pids);
+    let broker_cpu = broker.map(CpuWindow::start_pid);
+    let polls0 = swarm.shared.polls.load(Ordering::Relaxed);
+    let t0 = now_us();
+    let started = Instant::now();
+    let plan = Arc::new(plan);
+    let (mut published, errors, first_err) =
+        publish_all(&plan, &publishers, &swarm, ctx.common.wait).await;
+    let publish_s = started.elapsed().as_secs_f64();
+    if !plan.via.answers_offsets() {
+        // One channel, fresh: Herald numbers what it took 1, 2, 3…
+        for offset in 1..=plan.events.saturating_sub(errors) {
+            published.add("bench", offset);
+        }
+    }
 
-        let publisher = match Publisher::new(ctx.kind, server.addr, &server.api_key) {
-            Ok(p) => match route {
-                Some(route) => p.via(route).await,
-                None => Ok(p),
-            },
-            Err(e) => Err(e),
-        };
-        let publisher = match publisher {
-            Ok(p) => p,
-            Err(e) => {
-                r.ok = false;
-                r.note(format!("publisher: {e}"));
-                swarm.finish().await;
-                return (server, r);
-            }
-        };
-        let cpu = CpuWindow::start(&server);
-        let polls0 = swarm.shared.polls.load(Ordering::Relaxed);
-        let t0 = now_us();
-        let started = Instant::now();
-        let plan = Arc::new(plan);
-        let (mut published, errors, first_err) =
-            publish_all(&plan, &publisher, &swarm, ctx.common.wait).await;
-        let publish_s = started.elapsed().as_secs_f64();
-        if !plan.via.answers_offsets() {
-            // One channel, fresh: Herald numbers what it took 1, 2, 3…
-            for offset in 1..=plan.events.saturating_sub(errors) {
-                published.add("bench", offset);
-            }
+    // Wait for the last delivery: until all arrived, or nothing moved for a while.
+    // One offset per event and target channel; if the server reported none, fall back on
+    // the plan (the accounting then shows everything as lost or unexpected).
+    let published_events: u64 = published.ranges.values().map(|r| r.2).sum();
+    if published_events == 0 {
+        r.note("publish responses carried no offsets");
+    } else if published_events < plan.events {
+        r.note(format!(
+            "publishing stopped at the time limit ({:?}) after {published_events} of {} events",
+            ctx.common.wait, plan.events
+        ));
+    }
+    let expected = if published_events > 0 {
+        published_events * plan.factor()
+    } else {
+        plan.events * plan.factor()
+    };
+    let stall = Duration::from_secs(5);
+    let deadline = Instant::now() + ctx.common.wait;
+    let (mut last_n, mut last_move) = (0u64, Instant::now());
+    loop {
+        let n = swarm.shared.delivered.load(Ordering::Relaxed);
+        if n >= expected || Instant::now() >= deadline {
+            break;
         }
-
-        // Wait for the last delivery: until all arrived, or nothing moved for a while.
-        // One offset per event and target channel; if the server reported none, fall back on
-        // the plan (the accounting then shows everything as lost or unexpected).
-        let published_events: u64 = published.ranges.values().map(|r| r.2).sum();
-        if published_events == 0 {
-            r.note("publish responses carried no offsets");
-        } else if published_events < plan.events {
-            r.note(format!(
-                "publishing stopped at the time limit ({:?}) after {published_events} of {} events",
-                ctx.common.wait, plan.events
-            ));
+        if n != last_n {
+            (last_n, last_move) = (n, Instant::now());
+        } else if last_move.elapsed() >= stall {
+            r.note(format!("deliveries stalled at {n} of {expected}"));
+            break;
         }
-        let expected = if published_events > 0 {
-            published_events * plan.factor()
-        } else {
-            plan.events * plan.factor()
-        };
-        let stall = Duration::from_secs(5);
-        let deadline = Instant::now() + ctx.common.wait;
-        let (mut last_n, mut last_move) = (0u64, Instant::now());
-        loop {
-            let n = swarm.shared.delivered.load(Ordering::Relaxed);
-            if n >= expected || Instant::now() >= deadline {
-                break;
-            }
-            if n != last_n {
-                (last_n, last_move) = (n, Instant::now());
-            } else if last_move.elapsed() >= stall {
-                r.note(format!("deliveries stalled at {n} of {expected}"));
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let t_last = swarm.shared.last_delivery_us.load(Ordering::Relaxed);
-        let polls = swarm.shared.polls.load(Ordering::Relaxed) - polls0;
-        if let Some(server_s) = cpu.used(server.pid).server_s {
-            // What one accepted envelope costs the server, delivery to its subscribers included.
-            r.fig(
-                "server_cpu_us_per_event",
-                server_s * 1e6 / published_events.max(1) as f64,
-                "µs",
-                Better::Lower,
-            );
-        }
-        cpu.finish(&server, &mut r);
-        let rss_after = server.rss_kib().unwrap_or(0);
-        let disconnects = swarm.shared.disconnects.load(Ordering::Relaxed);
-        let hist = swarm.shared.latency.merged();
-        let shared = swarm.shared.clone();
-        let outcomes = swarm.finish().await;
-
-        let mut acc = Accounting::default();
-        for o in &outcomes {
-            acc.add(&o.tracker, &published, |c| o.owed_from(c));
-        }
-        let delivered = shared.delivered.load(Ordering::Relaxed);
-        let window_s = (t_last.saturating_sub(t0) as f64 / 1e6).max(1e-6);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let t_last = swarm.shared.last_delivery_us.load(Ordering::Relaxed);
+    let polls = swarm.shared.polls.load(Ordering::Relaxed) - polls0;
+    if let Some(server_s) = cpu.used().server_s {
+        // What one accepted envelope costs the server, delivery to its subscribers included.
         r.fig(
-            "deliveries_per_s",
-            delivered as f64 / window_s,
-            "msg/s",
-            Better::Higher,
-        );
-        r.fig(
-            "publish_events_per_s",
-            plan.events as f64 / publish_s.max(1e-6),
-            "ev/s",
-            Better::Higher,
-        );
-        r.fig("delivered", delivered as f64, "msgs", Better::Info);
-        if polls > 0 {
-            // Over the measured window: how much each HTTP round trip carried.
-            r.fig("polls", polls as f64, "requests", Better::Info);
-            r.fig(
-                "deliveries_per_poll",
-                delivered as f64 / polls as f64,
-                "msgs",
-                Better::Info,
-            );
-        }
-        r.add_delivery(acc, Percentiles::of(&hist));
-        r.fig(
-            "server_rss_idle_mib",
-            rss_idle as f64 / 1024.0,
-            "MiB",
+            "server_cpu_us_per_event",
+            server_s * 1e6 / published_events.max(1) as f64,
+            "µs",
             Better::Lower,
         );
+    }
+    cpu.finish(&mut r);
+    if let Some(nats_s) = broker_cpu.and_then(|w| {
+        let used = w.used();
+        used.server_s.map(|s| 100.0 * s / used.wall_s)
+    }) {
+        r.fig("nats_cpu_pct", nats_s, "% core", Better::Info);
+    }
+    let rss_after = rss();
+    let disconnects = swarm.shared.disconnects.load(Ordering::Relaxed);
+    let hist = swarm.shared.latency.merged();
+    let shared = swarm.shared.clone();
+    let outcomes = swarm.finish().await;
+
+    let mut acc = Accounting::default();
+    for o in &outcomes {
+        acc.add(&o.tracker, &published, |c| o.owed_from(c));
+    }
+    let delivered = shared.delivered.load(Ordering::Relaxed);
+    let window_s = (t_last.saturating_sub(t0) as f64 / 1e6).max(1e-6);
+    r.fig(
+        "deliveries_per_s",
+        delivered as f64 / window_s,
+        "msg/s",
+        Better::Higher,
+    );
+    r.fig(
+        "publish_events_per_s",
+        plan.events as f64 / publish_s.max(1e-6),
+        "ev/s",
+        Better::Higher,
+    );
+    r.fig("delivered", delivered as f64, "msgs", Better::Info);
+    if polls > 0 {
+        // Over the measured window: how much each HTTP round trip carried.
+        r.fig("polls", polls as f64, "requests", Better::Info);
         r.fig(
-            "server_rss_after_mib",
-            rss_after as f64 / 1024.0,
-            "MiB",
-            Better::Lower,
+            "deliveries_per_poll",
+            delivered as f64 / polls as f64,
+            "msgs",
+            Better::Info,
         );
-        r.fig(
-            "rss_per_conn_kib",
-            rss_idle.saturating_sub(rss0) as f64 / conns,
-            "KiB",
-            Better::Lower,
-        );
-        if errors > 0 {
-            r.ok = false;
-            r.note(format!(
-                "{errors} publish requests failed; first: {}",
-                first_err.unwrap_or_default()
-            ));
-        }
-        if disconnects > 0 {
-            r.ok = false;
-            let mut codes: Vec<String> = outcomes
-                .iter()
-                .filter_map(|o| match &o.end {
-                    Some(crate::client::RunEnd::Stopped) | None => None,
-                    Some(e) => Some(format!("{e:?}")),
-                })
-                .take(3)
-                .collect();
-            codes.dedup();
-            r.note(format!(
-                "{disconnects} subscribers were disconnected during the run (e.g. {})",
-                codes.join(", ")
-            ));
-        }
-        let per_poll = match polls {
-            0 => String::new(),
-            n => format!(" ({:.2} per poll)", delivered as f64 / n as f64),
-        };
-        eprintln!(
-            "  {delivered} deliveries{per_poll}, {:.0}/s, p99 {:.2} ms, lost {} dup {} ooo {}",
-            delivered as f64 / window_s,
-            r.latency.map(|l| l.p99_ms).unwrap_or(0.0),
-            acc.lost,
-            acc.duplicated,
-            acc.out_of_order
-        );
-        (server, r)
-    })
-    .await
+    }
+    r.add_delivery(acc, Percentiles::of(&hist));
+    r.fig(
+        "server_rss_idle_mib",
+        rss_idle as f64 / 1024.0,
+        "MiB",
+        Better::Lower,
+    );
+    r.fig(
+        "server_rss_after_mib",
+        rss_after as f64 / 1024.0,
+        "MiB",
+        Better::Lower,
+    );
+    r.fig(
+        "rss_per_conn_kib",
+        rss_idle.saturating_sub(rss0) as f64 / conns,
+        "KiB",
+        Better::Lower,
+    );
+    if errors > 0 {
+        r.ok = false;
+        r.note(format!(
+            "{errors} publish requests failed; first: {}",
+            first_err.unwrap_or_default()
+        ));
+    }
+    if disconnects > 0 {
+        r.ok = false;
+        let mut codes: Vec<String> = outcomes
+            .iter()
+            .filter_map(|o| match &o.end {
+                Some(crate::client::RunEnd::Stopped) | None => None,
+                Some(e) => Some(format!("{e:?}")),
+            })
+            .take(3)
+            .collect();
+        codes.dedup();
+        r.note(format!(
+            "{disconnects} subscribers were disconnected during the run (e.g. {})",
+            codes.join(", ")
+        ));
+    }
+    let per_poll = match polls {
+        0 => String::new(),
+        n => format!(" ({:.2} per poll)", delivered as f64 / n as f64),
+    };
+    eprintln!(
+        "  {delivered} deliveries{per_poll}, {:.0}/s, p99 {:.2} ms, lost {} dup {} ooo {}",
+        delivered as f64 / window_s,
+        r.latency.map(|l| l.p99_ms).unwrap_or(0.0),
+        acc.lost,
+        acc.duplicated,
+        acc.out_of_order
+    );
+    r
+}
+
+/// One publisher per node, so publishing goes round-robin over a cluster; along `route`
+/// (one node) when given.
+async fn publishers(
+    ctx: &Ctx,
+    nodes: &[Server],
+    route: Option<&Route>,
+) -> Result<Vec<Publisher>, PublishError> {
+    let mut all = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let p = Publisher::new(ctx.kind, node.addr, &node.api_key)?;
+        all.push(match route {
+            Some(route) => p.via(route).await?,
+            None => p,
+        });
+    }
+    Ok(all)
 }
 
 /// Publishes every event of the plan; returns the offsets the server assigned, the number of
 /// failed requests and the first failure.
 async fn publish_all(
     plan: &Arc<DeliverPlan>,
-    publisher: &Publisher,
+    publishers: &[Publisher],
     swarm: &Swarm,
     limit: Duration,
 ) -> (Published, u64, Option<String>) {
+    // Event n goes through node n mod N: every node takes publishes, as behind a balancer.
+    let publishers: Arc<[Publisher]> = publishers.into();
+    if publishers.is_empty() {
+        return (Published::default(), 0, None);
+    }
+    let pick = |n: u64| publishers[n as usize % publishers.len()].clone();
     let pad: Arc<str> = "x".repeat(plan.payload).into();
     let deadline = Instant::now() + limit;
     let mut tasks = tokio::task::JoinSet::new();
@@ -435,7 +486,7 @@ async fn publish_all(
             let Ok(permit) = sem.clone().acquire_owned().await else {
                 break;
             };
-            let (p, plan, pad) = (publisher.clone(), plan.clone(), pad.clone());
+            let (p, plan, pad) = (pick(n), plan.clone(), pad.clone());
             tasks.spawn(async move {
                 let mut published = Published::default();
                 let res = p
@@ -448,7 +499,8 @@ async fn publish_all(
     } else {
         let next = Arc::new(AtomicU64::new(0));
         for _ in 0..plan.publishers.max(1) {
-            let (p, plan, pad, next) = (publisher.clone(), plan.clone(), pad.clone(), next.clone());
+            let (publishers, plan, pad, next) =
+                (publishers.clone(), plan.clone(), pad.clone(), next.clone());
             let shared = swarm.shared.clone();
             tasks.spawn(async move {
                 let mut published = Published::default();
@@ -470,6 +522,7 @@ async fn publish_all(
                     }
                     let targets: Vec<(To, u64)> =
                         (start..end).map(|n| (plan.target(n), n)).collect();
+                    let p = &publishers[(start / batch) as usize % publishers.len()];
                     if let Err(e) = p
                         .publish(&targets, &pad, plan.batch > 1, &mut published)
                         .await

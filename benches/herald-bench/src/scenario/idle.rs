@@ -140,7 +140,7 @@ pub async fn connect(ctx: &Ctx, connections: usize) -> RunResult {
         let cpu = CpuWindow::start(&server);
         let swarm = Swarm::spawn(&ep, ident_only(n), ctx.common.connect_concurrency);
         let ready = swarm.wait_ready(ctx.common.wait).await;
-        cpu.finish(&server, &mut r);
+        cpu.finish(&mut r);
         let rate = ready.ready as f64 / ready.elapsed.as_secs_f64().max(1e-9);
         r.fig("connect_per_s", rate, "conn/s", Better::Higher);
         let lat = {

@@ -1,6 +1,7 @@
 //! Scenarios: each starts a fresh server, drives clients, and returns one [`RunResult`].
 
 pub mod chaos;
+pub mod cluster;
 pub mod deliver;
 pub mod idle;
 pub mod recover;
@@ -154,10 +155,12 @@ impl RunResult {
     }
 }
 
-/// CPU used by the server and by the harness over one measured window.
+/// CPU used by the server (every process of it: a cluster's nodes) and by the harness over
+/// one measured window.
 pub struct CpuWindow {
     start: Instant,
-    server0: Option<Duration>,
+    /// Each process and its CPU time at the start.
+    servers0: Vec<(u32, Option<Duration>)>,
     self0: Duration,
 }
 
@@ -170,25 +173,39 @@ pub struct CpuUsed {
 
 impl CpuWindow {
     pub fn start(server: &Server) -> Self {
-        Self::start_pid(server.pid)
+        Self::start_pids(&[server.pid])
     }
 
     /// A window over the server process `pid` and this process.
     pub fn start_pid(pid: u32) -> Self {
+        Self::start_pids(&[pid])
+    }
+
+    /// A window over the processes `pids` (their sum) and this process.
+    pub fn start_pids(pids: &[u32]) -> Self {
         CpuWindow {
             start: Instant::now(),
-            server0: crate::sys::proc_cpu(pid),
+            servers0: pids
+                .iter()
+                .map(|&pid| (pid, crate::sys::proc_cpu(pid)))
+                .collect(),
             self0: crate::sys::self_cpu(),
         }
     }
 
-    /// What the server process `pid` and this process used since the start.
-    pub fn used(&self, pid: u32) -> CpuUsed {
+    /// What the server processes (together) and this process used since the start; the
+    /// server's is unknown when any process's is.
+    pub fn used(&self) -> CpuUsed {
+        let server_s = self
+            .servers0
+            .iter()
+            .map(|&(pid, t0)| {
+                t0.zip(crate::sys::proc_cpu(pid))
+                    .map(|(a, b)| b.saturating_sub(a).as_secs_f64())
+            })
+            .sum::<Option<f64>>();
         CpuUsed {
-            server_s: self
-                .server0
-                .zip(crate::sys::proc_cpu(pid))
-                .map(|(a, b)| b.saturating_sub(a).as_secs_f64()),
+            server_s,
             harness_s: crate::sys::self_cpu()
                 .saturating_sub(self.self0)
                 .as_secs_f64(),
@@ -197,8 +214,8 @@ impl CpuWindow {
     }
 
     /// Adds `server_cpu_pct` and `harness_cpu_pct` (100% = one core busy) for the window.
-    pub fn finish(self, server: &Server, r: &mut RunResult) {
-        let used = self.used(server.pid);
+    pub fn finish(self, r: &mut RunResult) {
+        let used = self.used();
         if let Some(s) = used.server_s {
             r.fig("server_cpu_s", s, "s", Better::Lower);
             r.fig(
@@ -224,30 +241,63 @@ pub async fn with_server<F, Fut>(
     ctx: &Ctx,
     tag: &str,
     recovery: bool,
-    mut base: RunResult,
+    base: RunResult,
     f: F,
 ) -> RunResult
 where
     F: FnOnce(Server, RunResult) -> Fut,
     Fut: std::future::Future<Output = (Server, RunResult)>,
 {
+    let one = [(tag.to_string(), ctx.servers.clone())];
+    with_servers(ctx, &one, recovery, base, |mut servers, r| async move {
+        // with_servers calls f only once every server started: there is one.
+        let Some(server) = servers.pop() else {
+            return (servers, r);
+        };
+        let (server, r) = f(server, r).await;
+        (vec![server], r)
+    })
+    .await
+}
+
+/// Starts one server per `(tag, options)` in order (a cluster's nodes), runs `f` against
+/// them, and always stops every one afterwards; a server that died during the run fails it.
+pub async fn with_servers<F, Fut>(
+    ctx: &Ctx,
+    nodes: &[(String, ServerOpts)],
+    recovery: bool,
+    mut base: RunResult,
+    f: F,
+) -> RunResult
+where
+    F: FnOnce(Vec<Server>, RunResult) -> Fut,
+    Fut: std::future::Future<Output = (Vec<Server>, RunResult)>,
+{
     let start = Instant::now();
     base.transport = ctx.transport;
-    let server = match Server::start(ctx.kind, &ctx.servers, tag, recovery).await {
-        Ok(s) => s,
-        Err(e) => {
-            base.ok = false;
-            base.note(format!("server did not start: {e}"));
-            return base;
+    let mut servers = Vec::with_capacity(nodes.len());
+    for (tag, opts) in nodes {
+        match Server::start(ctx.kind, opts, tag, recovery).await {
+            Ok(s) => servers.push(s),
+            Err(e) => {
+                base.ok = false;
+                base.note(format!("server {tag} did not start: {e}"));
+                for s in servers {
+                    s.stop().await;
+                }
+                return base;
+            }
         }
-    };
-    let (mut server, mut r) = f(server, base).await;
-    if !server.alive() {
-        r.ok = false;
-        let t = server.log_tail(10);
-        r.note(format!("server exited during the run; log tail: {t}"));
     }
-    server.stop().await;
+    let (servers, mut r) = f(servers, base).await;
+    for mut server in servers {
+        if !server.alive() {
+            r.ok = false;
+            let t = server.log_tail(10);
+            r.note(format!("server exited during the run; log tail: {t}"));
+        }
+        server.stop().await;
+    }
     r.wall_s = start.elapsed().as_secs_f64();
     r
 }

@@ -87,6 +87,11 @@ pub struct Readiness {
 
 impl Swarm {
     pub fn spawn(ep: &Endpoint, specs: Vec<SubSpec>, concurrency: usize) -> Swarm {
+        Self::spawn_over(std::slice::from_ref(ep), specs, concurrency)
+    }
+
+    /// Subscriber i connects to `eps[i % eps.len()]`: spread evenly over a cluster's nodes.
+    pub fn spawn_over(eps: &[Endpoint], specs: Vec<SubSpec>, concurrency: usize) -> Swarm {
         let shared = Arc::new(Shared::new());
         let connect_latency = Arc::new(Mutex::new(new_histogram()));
         let stop = CancellationToken::new();
@@ -96,6 +101,10 @@ impl Swarm {
         let first_error = Arc::new(Mutex::new(None));
         let mut handles = Vec::with_capacity(specs.len());
         for (i, spec) in specs.into_iter().enumerate() {
+            // No endpoint, no clients: the caller sees an empty swarm.
+            let Some(ep) = eps.get(i % eps.len().max(1)) else {
+                break;
+            };
             let (ep, shared, lat, stop, sem, ready, failed, first_error) = (
                 ep.clone(),
                 shared.clone(),

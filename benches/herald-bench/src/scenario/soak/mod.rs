@@ -132,7 +132,7 @@ pub async fn run(ctx: &Ctx, plan: SoakPlan) -> RunResult {
             publish_at_rate(&publisher, channels.into(), plan.rate, plan.duration, &never),
             watch_rss(&server, plan.warmup.min(plan.duration / 2), until),
         );
-        cpu.finish(&server, &mut r);
+        cpu.finish(&mut r);
         world.calm.cancel();
         drain(&world.shared, ctx.common.wait).await;
         world.stop.cancel();
