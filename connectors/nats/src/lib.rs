@@ -243,9 +243,17 @@ pub async fn connect(url: &str, status: Arc<ConnectorStatus>) -> Result<Client, 
                 }
             }
         })
-        .connect(url)
+        .connect(servers(url))
         .await
         .map_err(|e| NatsError::Connect(e.to_string()))
+}
+
+/// The servers of a comma-separated URL list: the client itself reads one URL per string.
+fn servers(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 /// Reconnect delays: exponential from 100 ms to 5 s, each cut to a random 50–100 %, so a fleet
@@ -268,5 +276,18 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         self.attempts += 1;
         Self::delay(self.attempts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_comma_separated_url_names_every_server() {
+        assert_eq!(
+            servers("nats://a:4222, nats://b:4223,,nats://c:4224"),
+            ["nats://a:4222", "nats://b:4223", "nats://c:4224"]
+        );
     }
 }
