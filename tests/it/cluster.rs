@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::nats::NatsServer;
+use crate::support::nats::{NatsCluster, NatsServer};
 use crate::support::{start_with, tally, Client, Gateway, API_KEY, JWT_SECRET};
 
 /// Generous client queues: these tests are about the cluster, not slow consumers.
@@ -19,10 +19,17 @@ const BIG_QUEUES: &str = "client_queue = 200000\nclient_queue_bytes = 200000000\
                           history_size = 100000\n";
 
 fn node_config(nats: &NatsServer, node: &str, cluster: &str) -> String {
+    cluster_config(&[nats.url()], node, cluster, 1)
+}
+
+fn cluster_config(urls: &[String], node: &str, cluster: &str, replicas: usize) -> String {
+    let quoted: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
     format!(
         "node = \"{node}\"\n{BIG_QUEUES}\n[[channels]]\npattern = \"*\"\njoin_leave_notices = true\n\n\
-         [nats]\nurl = \"{url}\"\n\n[cluster]\nnats = [\"{url}\"]\nname = \"{cluster}\"\nnode_timeout = \"3s\"\n",
-        url = nats.url()
+         [nats]\nurl = \"{}\"\n\n[cluster]\nnats = [{}]\nname = \"{cluster}\"\nnode_timeout = \"3s\"\n\
+         replicas = {replicas}\n",
+        urls.join(","),
+        quoted.join(", ")
     )
 }
 
@@ -128,8 +135,9 @@ async fn three_nodes_deliver_every_publish_once_with_the_same_offsets_everywhere
     const BATCH: u64 = 100;
     let nats_client = async_nats::connect(nats.url()).await.expect("nats client");
     let started = Instant::now();
-    // Four publishers at once, each batch on the node (or NATS) its number picks.
-    let publishers = (0..4u64).map(|p| {
+    // Sixteen publishers at once, each batch on the node (or NATS) its number picks.
+    const PUBLISHERS: u64 = 16;
+    let publishers = (0..PUBLISHERS).map(|p| {
         let urls: Vec<String> = nodes.iter().map(|g| g.url("/api/publish")).collect();
         let nats_client = nats_client.clone();
         tokio::spawn(async move {
@@ -168,7 +176,7 @@ async fn three_nodes_deliver_every_publish_once_with_the_same_offsets_everywhere
                         .expect("publish");
                     assert_eq!(response.status(), 200);
                 }
-                batch += 4;
+                batch += PUBLISHERS;
             }
         })
     });
@@ -507,4 +515,93 @@ async fn a_node_that_lost_nats_refuses_publishes_it_cannot_store_and_says_so() {
     assert_eq!(after.first().map(|e| e.n), Some(2));
     println!("NATS lost: publishes refused 503 (4503) while down, served again after 1 restart");
     gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nats_server_of_three_killed_mid_stream_loses_and_duplicates_nothing() {
+    let mut nats = NatsCluster::start().await;
+    let urls = nats.urls();
+    let nodes = [
+        start_with(&[], Some(&cluster_config(&urls, "r1", "routes", 3))).await,
+        start_with(&[], Some(&cluster_config(&urls, "r2", "routes", 3))).await,
+    ];
+    let mut readers = Vec::new();
+    for (i, gateway) in nodes.iter().enumerate() {
+        for j in 0..2 {
+            let user = format!("okta|r{i}{j}");
+            readers.push(member(gateway, &user, json!({"r": {}})).await.0);
+        }
+    }
+    const TOTAL: u64 = 3_000;
+    let urls: Vec<String> = nodes.iter().map(|g| g.url("/api/publish")).collect();
+    let publisher = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut retries = 0;
+        for n in 0..TOTAL {
+            // A publish the log could not confirm is sent again with the same key: the log
+            // stores it once, whichever try reached it.
+            let envelope = json!({"event": "tick", "channels": ["r"], "data": {"n": n}, "key": format!("r-{n}")});
+            let url = &urls[(n % 2) as usize];
+            loop {
+                let sent = http
+                    .post(url)
+                    .bearer_auth(API_KEY)
+                    .json(&envelope)
+                    .send()
+                    .await;
+                if sent.is_ok_and(|r| r.status() == 200) {
+                    break;
+                }
+                retries += 1;
+                assert!(retries < 500, "the cluster never took publishes again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        retries
+    });
+    let reading: Vec<_> = readers
+        .into_iter()
+        .map(|mut client| {
+            tokio::spawn(async move { read_events(&mut client, TOTAL as usize).await })
+        })
+        .collect();
+    // Kill one server of three a third of the way in.
+    let watcher = &nodes[0];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let history = watcher.get("/api/channels/r/history?limit=1").await.1;
+        let newest = history["events"][0]["data"]["n"].as_u64().unwrap_or(0);
+        if newest >= TOTAL / 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stream never got going: {history}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nats.servers[0].kill();
+    let retries = publisher.await.expect("publisher");
+    let (mut lost, mut duplicated, mut disordered) = (0, 0, 0);
+    for (i, reader) in reading.into_iter().enumerate() {
+        let numbers: Vec<u64> = reader.await.expect("reader").iter().map(|e| e.n).collect();
+        let (l, d, o) = tally(
+            &format!("reader {i}"),
+            TOTAL as usize,
+            &numbers,
+            "1 of 3 NATS servers killed",
+        );
+        lost += l;
+        duplicated += d;
+        disordered += o;
+    }
+    println!(
+        "3 NATS servers, 1 killed (SIGKILL) mid-stream: {TOTAL} publishes, {retries} retried after a 503, \
+         lost {lost}, duplicated {duplicated}, out of order {disordered}, servers killed {}",
+        nats.servers[0].kills
+    );
+    assert_eq!((lost, duplicated, disordered), (0, 0, 0));
+    for gateway in nodes {
+        gateway.stop().await;
+    }
 }

@@ -14,6 +14,9 @@ use crate::{age_of, ClusterConfig, ClusterError, LogStart};
 /// Length of an epoch.
 const EPOCH_LEN: usize = 8;
 
+/// How long the reader waits for a record before it asks the stream whether it missed one.
+const STALL_CHECK: Duration = Duration::from_secs(1);
+
 /// How long the reader waits before it opens the stream again after an error.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
@@ -170,10 +173,19 @@ impl Log {
             Ok(messages) => messages,
             Err(e) => return (next, Err(e.to_string())),
         };
-        while let Some(message) = messages.next().await {
-            let message = match message {
-                Ok(message) => message,
-                Err(e) => return (next, Err(e.to_string())),
+        loop {
+            let message = match tokio::time::timeout(STALL_CHECK, messages.next()).await {
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(e))) => return (next, Err(e.to_string())),
+                Ok(None) => return (next, Err("the consumer ended".into())),
+                // Quiet: either nothing was published, or the consumer lost its server
+                // without a word (seen when a server of a NATS cluster is killed).
+                Err(_) => match self.last_sequence().await {
+                    Ok(last) if last >= next => {
+                        return (next, Err(format!("the consumer stalled before {next}")));
+                    }
+                    _ => continue,
+                },
             };
             let Ok(info) = message.info() else { continue };
             let seq = info.stream_sequence;
@@ -187,7 +199,21 @@ impl Log {
             }
             next = seq + 1;
         }
-        (next, Err("the consumer ended".into()))
+    }
+
+    /// The stream's newest sequence now.
+    async fn last_sequence(&self) -> Result<u64, String> {
+        Ok(self.info().await?.state.last_sequence)
+    }
+
+    /// The stream's state and config, asked now.
+    async fn info(&self) -> Result<stream::Info, String> {
+        let stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(stream.cached_info().clone())
     }
 
     async fn ordered_from(
@@ -210,12 +236,7 @@ impl Log {
 
     /// The stream's epoch and first sequence now.
     async fn current_epoch(&self) -> Result<(String, u64), String> {
-        let mut stream = self
-            .js
-            .get_stream(&self.stream)
-            .await
-            .map_err(|e| e.to_string())?;
-        let info = stream.info().await.map_err(|e| e.to_string())?;
+        let info = self.info().await?;
         Ok((
             epoch_of(info.created.unix_timestamp_nanos()),
             info.state.first_sequence,

@@ -343,74 +343,37 @@ impl Presence {
     }
 
     async fn watch_nodes(self: Arc<Self>, shutdown: CancellationToken) {
-        let own = encode(&self.node);
-        loop {
-            let watching = async {
-                let mut entries = self
-                    .nodes
-                    .watch_with_history(">")
-                    .await
-                    .map_err(|e| e.to_string())?;
-                while let Some(entry) = entries.next().await {
-                    let entry = entry.map_err(|e| e.to_string())?;
-                    if entry.key == own {
-                        continue;
-                    }
-                    let Some(node) = decode(&entry.key) else {
-                        continue;
-                    };
-                    if entry.operation == kv::Operation::Put {
-                        let connections = std::str::from_utf8(&entry.value)
-                            .ok()
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or(0);
-                        let age = age_of(entry.created.unix_timestamp_nanos());
-                        let seen = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-                        self.view.lock().nodes.insert(node, (connections, seen));
-                    } else {
-                        self.view.lock().nodes.remove(&node);
-                        self.remove_members_of(&node);
-                    }
-                }
-                Ok::<(), String>(())
-            };
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                watched = watching => if let Err(e) = watched {
-                    tracing::warn!(error = %e, "cluster presence: node watch stopped; watching again");
-                },
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(RETRY_DELAY) => {}
-            }
-        }
+        watch(&self.nodes, "node", &shutdown, |entry| {
+            self.apply_node_entry(entry)
+        })
+        .await;
     }
 
     async fn watch_members(self: Arc<Self>, shutdown: CancellationToken) {
-        loop {
-            let watching = async {
-                let mut entries = self
-                    .members
-                    .watch_with_history(">")
-                    .await
-                    .map_err(|e| e.to_string())?;
-                while let Some(entry) = entries.next().await {
-                    let entry = entry.map_err(|e| e.to_string())?;
-                    self.apply_member_entry(&entry);
-                }
-                Ok::<(), String>(())
-            };
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                watched = watching => if let Err(e) = watched {
-                    tracing::warn!(error = %e, "cluster presence: member watch stopped; watching again");
-                },
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(RETRY_DELAY) => {}
-            }
+        watch(&self.members, "member", &shutdown, |entry| {
+            self.apply_member_entry(entry);
+        })
+        .await;
+    }
+
+    fn apply_node_entry(&self, entry: &kv::Entry) {
+        if entry.key == encode(&self.node) {
+            return;
+        }
+        let Some(node) = decode(&entry.key) else {
+            return;
+        };
+        if entry.operation == kv::Operation::Put {
+            let connections = std::str::from_utf8(&entry.value)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let age = age_of(entry.created.unix_timestamp_nanos());
+            let seen = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+            self.view.lock().nodes.insert(node, (connections, seen));
+        } else {
+            self.view.lock().nodes.remove(&node);
+            self.remove_members_of(&node);
         }
     }
 
@@ -449,6 +412,38 @@ impl Presence {
         };
         if let (Some((member, joined)), Some(sink)) = (changed, self.sink.get()) {
             sink.remote_membership(&channel, &member, joined);
+        }
+    }
+}
+
+/// Hands every entry of `store` (its current values, then every change) to `apply` until
+/// `shutdown`, watching again after an error.
+async fn watch(
+    store: &kv::Store,
+    what: &str,
+    shutdown: &CancellationToken,
+    mut apply: impl FnMut(&kv::Entry),
+) {
+    loop {
+        let watching = async {
+            let mut entries = store
+                .watch_with_history(">")
+                .await
+                .map_err(|e| e.to_string())?;
+            while let Some(entry) = entries.next().await {
+                apply(&entry.map_err(|e| e.to_string())?);
+            }
+            Ok::<(), String>(())
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            watched = watching => if let Err(e) = watched {
+                tracing::warn!(error = %e, "cluster presence: {what} watch stopped; watching again");
+            },
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(RETRY_DELAY) => {}
         }
     }
 }

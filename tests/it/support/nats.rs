@@ -82,6 +82,81 @@ impl NatsServer {
     }
 }
 
+/// Three `nats-server`s on loopback routes, JetStream clustered across them, each killed
+/// when dropped.
+pub struct NatsCluster {
+    pub servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts three servers routed to each other and waits until JetStream has a leader.
+    pub async fn start() -> Self {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port()
+        };
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free(), free())).collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, route)| format!("nats-route://127.0.0.1:{route}"))
+            .collect();
+        let mut servers = Vec::new();
+        for (i, (port, route)) in ports.iter().enumerate() {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let config = format!(
+                "server_name: s{i}\nlisten: 127.0.0.1:{port}\nmax_payload: {MAX_PAYLOAD}\n\
+                 jetstream {{ store_dir: \"{}\" }}\n\
+                 cluster {{ name: herald-test\n listen: 127.0.0.1:{route}\n routes: [{}] }}\n",
+                dir.path().join("js").display(),
+                routes.join(", ")
+            );
+            std::fs::write(dir.path().join("nats.conf"), config).expect("nats config");
+            let mut server = NatsServer {
+                port: *port,
+                dir,
+                child: None,
+                kills: 0,
+            };
+            server.spawn().await;
+            servers.push(server);
+        }
+        let cluster = Self { servers };
+        cluster.wait_for_jetstream().await;
+        cluster
+    }
+
+    /// Every server's URL, comma-separated.
+    pub fn urls(&self) -> Vec<String> {
+        self.servers.iter().map(NatsServer::url).collect()
+    }
+
+    /// Waits until a stream with three replicas can be made (the cluster elected a leader).
+    async fn wait_for_jetstream(&self) {
+        let client = async_nats::connect(self.urls())
+            .await
+            .expect("nats cluster");
+        let js = async_nats::jetstream::new(client);
+        for _ in 0..120 {
+            let made = js
+                .get_or_create_stream(async_nats::jetstream::stream::Config {
+                    name: "PROBE".into(),
+                    subjects: vec!["probe".into()],
+                    num_replicas: 3,
+                    ..Default::default()
+                })
+                .await;
+            if made.is_ok() {
+                let _ = js.delete_stream("PROBE").await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("the NATS cluster never got a JetStream leader");
+    }
+}
+
 /// The `nats-server` binary, installed from Debian's package when missing (a fresh machine
 /// runs the test command with nothing set up by hand).
 fn binary() -> &'static str {
