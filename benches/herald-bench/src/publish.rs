@@ -11,7 +11,9 @@ use crate::stats::Published;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("http: {0}")]
+    /// With its causes: reqwest's own text ("error sending request") does not say whether
+    /// the request timed out or the connection was reset.
+    #[error("http: {}", causes(.0))]
     Http(#[from] reqwest::Error),
     #[error("publish answered {status}: {body}")]
     Status { status: u16, body: String },
@@ -19,6 +21,18 @@ pub enum PublishError {
     Body(String),
     #[error("nats: {0}")]
     Nats(String),
+}
+
+/// An error and every error under it, `outer: inner: …`.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut under = e.source();
+    while let Some(cause) = under {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        under = cause.source();
+    }
+    text
 }
 
 /// The path envelopes take into the server.
