@@ -33,6 +33,7 @@ fn hub() -> Hub {
         history_size: 100,
         history_max_bytes: 4 << 20,
         history_ttl: Duration::from_secs(3600),
+        backpressure: Default::default(),
     });
     let config = HubConfig {
         node: Arc::from("bench"),

@@ -377,6 +377,8 @@ struct FileChannelRule {
     history_size: Option<usize>,
     history_max_bytes: Option<usize>,
     history_ttl: Option<String>,
+    #[serde(default)]
+    backpressure: herald_connector_api::Backpressure,
 }
 
 /// A secret that never shows in `Debug` output or logs.
@@ -746,6 +748,7 @@ impl Config {
             history_size,
             history_max_bytes,
             history_ttl,
+            backpressure: Default::default(),
         });
         let channel_rules = file
             .channels
@@ -770,6 +773,7 @@ impl Config {
                         history_max_bytes,
                     ),
                     history_ttl: ttl,
+                    backpressure: rule.backpressure,
                 })
             })
             .collect();

@@ -32,6 +32,10 @@ pub struct Metrics {
     pub slow_consumer_cuts: Counter<u64, AtomicU64>,
     /// Publishes answered from the idempotency window instead of delivered again.
     pub duplicates_suppressed: Counter<u64, AtomicU64>,
+    /// Queued events dropped for newer ones (`backpressure = "drop_oldest"`).
+    pub events_dropped: Counter<u64, AtomicU64>,
+    /// Queued events replaced by a newer one of their channel (`backpressure = "latest"`).
+    pub events_coalesced: Counter<u64, AtomicU64>,
     /// Publishes refused (503) because the cluster log could not store them.
     pub cluster_publish_failures: Counter<u64, AtomicU64>,
     /// Recoveries that returned every missed event.
@@ -66,6 +70,8 @@ impl Metrics {
             slow_consumer_cuts: Counter::default(),
             duplicates_suppressed: Counter::default(),
             cluster_publish_failures: Counter::default(),
+            events_dropped: Counter::default(),
+            events_coalesced: Counter::default(),
             recoveries_ok: Counter::default(),
             recoveries_failed: Counter::default(),
             recoveries_too_large: Counter::default(),
@@ -104,6 +110,16 @@ impl Metrics {
             "duplicates_suppressed",
             "Publishes answered from the idempotency window",
             m.duplicates_suppressed.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Queued events dropped for newer ones (backpressure drop_oldest)",
+            m.events_dropped.clone(),
+        );
+        registry.register(
+            "events_coalesced",
+            "Queued events replaced by a newer one of their channel (backpressure latest)",
+            m.events_coalesced.clone(),
         );
         registry.register(
             "cluster_publish_failures",

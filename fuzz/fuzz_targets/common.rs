@@ -21,6 +21,7 @@ pub fn hub() -> Hub {
             history_size: 16,
             history_max_bytes: 64 << 10,
             history_ttl: Duration::from_secs(3600),
+            backpressure: Default::default(),
         })
     };
     let config = HubConfig {

@@ -31,6 +31,8 @@ pub struct ChannelRule {
     pub history_max_bytes: usize,
     /// How long an event stays in history.
     pub history_ttl: Duration,
+    /// What its events do for a connection whose queue is full.
+    pub backpressure: herald_connector_api::Backpressure,
 }
 
 /// One event in history.
@@ -270,6 +272,7 @@ mod tests {
             history_size: size,
             history_max_bytes: max_bytes,
             history_ttl: ttl,
+            backpressure: Default::default(),
         };
         Channel::new(ChannelName::parse("c").unwrap(), Arc::new(rule))
     }

@@ -6,8 +6,8 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use herald_connector_api::{
-    outbox, BacklogRoom, ChannelName, Disconnect, EventMeta, FrameSender, OutFrame, Outbox,
-    OutboxLimits, QueueError,
+    outbox, BacklogRoom, ChannelName, Disconnect, EventMeta, EventTag, FrameSender, OutFrame,
+    Outbox, OutboxLimits, QueueError, Sent,
 };
 use parking_lot::Mutex;
 
@@ -26,6 +26,10 @@ pub enum Queued {
     },
     /// The connection is already gone.
     Gone,
+    /// It replaced the connection's queued event of its channel (`latest`).
+    Replaced,
+    /// Queued after this many older events were dropped (`drop_oldest`).
+    Dropped(usize),
 }
 
 /// Shared state of one connection; the hub's tables hold `Arc`s of it.
@@ -140,14 +144,27 @@ impl Conn {
 
     /// Queues an event frame, with its metadata if this connection wants it (`meta` is only
     /// called then, so other transports pay nothing for it).
-    pub fn queue_event(&self, frame: Bytes, meta: &dyn Fn() -> Arc<EventMeta>) -> Queued {
+    /// `tag`: the event's one channel when that channel's backpressure policy is not
+    /// `disconnect`.
+    pub fn queue_event(
+        &self,
+        frame: Bytes,
+        meta: &dyn Fn() -> Arc<EventMeta>,
+        tag: Option<EventTag>,
+    ) -> Queued {
         let meta = self.event_meta.then(meta);
-        self.queue_out(OutFrame { frame, meta })
+        self.queue_tagged(OutFrame { frame, meta }, tag)
     }
 
     fn queue_out(&self, out: OutFrame) -> Queued {
-        match self.frames_tx.try_send(out) {
-            Ok(()) => Queued::Yes,
+        self.queue_tagged(out, None)
+    }
+
+    fn queue_tagged(&self, out: OutFrame, tag: Option<EventTag>) -> Queued {
+        match self.frames_tx.try_send_event(out, tag) {
+            Ok(Sent::Queued) => Queued::Yes,
+            Ok(Sent::Replaced) => Queued::Replaced,
+            Ok(Sent::Dropped(n)) => Queued::Dropped(n),
             Err(full @ (QueueError::FullFrames | QueueError::FullBytes)) => {
                 if self.end(Disconnect::new(
                     4102,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use herald_connector_api::{AtCapacity, ChannelName, EventMeta};
+use herald_connector_api::{AtCapacity, Backpressure, ChannelName, EventMeta, EventTag};
 use smallvec::SmallVec;
 
 use super::conn::Conn;
@@ -112,9 +112,17 @@ impl Hub {
                 .unwrap_or_else(|| body.frame([(&channel.name, offsets[0])]));
             let meta = LazyMeta::default();
             let meta = || meta.get(body, || vec![(channel.name.clone(), offsets[0])]);
+            let policy = channel.rule.backpressure;
+            let tag = || {
+                (policy != Backpressure::Disconnect).then(|| EventTag {
+                    channel: channel.name.clone(),
+                    offset: offsets[0],
+                    policy,
+                })
+            };
             self.for_each_member(channel, |member| {
                 if !skip.skips(member) {
-                    delivered += u64::from(self.queue_event(member, frame.clone(), &meta));
+                    delivered += u64::from(self.queue_event(member, frame.clone(), &meta, tag()));
                 }
             });
         } else {
@@ -158,7 +166,9 @@ impl Hub {
                             .collect()
                     })
                 };
-                delivered += u64::from(self.queue_event(conn, frame.clone(), &meta));
+                // An event matched through several channels follows `disconnect`: no one
+                // channel's policy can speak for the others.
+                delivered += u64::from(self.queue_event(conn, frame.clone(), &meta, None));
             }
         }
         self.0.metrics.events_in.inc();

@@ -484,13 +484,22 @@ impl Hub {
         conn: &Conn,
         frame: bytes::Bytes,
         meta: &dyn Fn() -> Arc<herald_connector_api::EventMeta>,
+        tag: Option<herald_connector_api::EventTag>,
     ) -> bool {
-        self.count_queued(conn.queue_event(frame, meta))
+        self.count_queued(conn.queue_event(frame, meta, tag))
     }
 
     fn count_queued(&self, queued: conn::Queued) -> bool {
         match queued {
             conn::Queued::Yes => true,
+            conn::Queued::Replaced => {
+                self.0.metrics.events_coalesced.inc();
+                true
+            }
+            conn::Queued::Dropped(n) => {
+                self.0.metrics.events_dropped.inc_by(n as u64);
+                true
+            }
             conn::Queued::Overflowed { bytes } => {
                 self.0.metrics.slow_consumer_cuts.inc();
                 self.0.metrics.limit_hit(if bytes {
@@ -625,6 +634,7 @@ mod tests {
             history_size: 10,
             history_max_bytes: 1 << 20,
             history_ttl: Duration::from_secs(60),
+            backpressure: Default::default(),
         });
         let config = HubConfig {
             node: Arc::from("t"),

@@ -5,6 +5,7 @@ mod support;
 mod activity;
 mod amqp;
 mod auth_hooks;
+mod backpressure;
 mod bench_soak_chaos;
 mod bounds;
 mod client_files;

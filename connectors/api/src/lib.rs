@@ -55,8 +55,8 @@ pub use gateway::{
 };
 pub use ingest::{Handled, Ingest, Verdict};
 pub use queue::{
-    outbox, BacklogRoom, EventMeta, FrameSender, OutFrame, Outbox, OutboxLimits, QueueError,
-    Received,
+    outbox, BacklogRoom, Backpressure, EventMeta, EventTag, FrameSender, OutFrame, Outbox,
+    OutboxLimits, QueueError, Received, Sent,
 };
 pub use session::{
     ChannelPosition, ClientSession, Disconnect, IdentFuture, IdentRefused, IdentRequest,

@@ -84,6 +84,66 @@ impl From<OutFrame> for Bytes {
     }
 }
 
+/// What a channel's events do when a connection's live lane is full (the `[[channels]]`
+/// rule's `backpressure`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backpressure {
+    /// The connection is cut with 4102 and recovers through offsets.
+    #[default]
+    Disconnect,
+    /// The oldest queued events of such channels make room; the client is told, in a
+    /// `missed` frame where they were, how many of which channel and their offsets.
+    DropOldest,
+    /// A queued event of the channel not yet written is replaced by the newer one: the
+    /// client gets the newest (tickers, cursors).
+    Latest,
+}
+
+/// An event frame's one channel, its offset there and that channel's policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventTag {
+    /// The channel.
+    pub channel: ChannelName,
+    /// The event's offset in it.
+    pub offset: u64,
+    /// What the channel's events do when the lane is full.
+    pub policy: Backpressure,
+}
+
+/// What became of a frame [`FrameSender::try_send_event`] took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Queued after the others.
+    Queued,
+    /// It replaced a queued event of its channel (`latest`).
+    Replaced,
+    /// Queued after this many older events were dropped (`drop_oldest`).
+    Dropped(usize),
+}
+
+/// Events dropped from one channel's queue: a `missed` frame tells the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Missed {
+    channel: ChannelName,
+    count: u64,
+    from: u64,
+    to: u64,
+}
+
+impl Missed {
+    fn frame(&self) -> Bytes {
+        let frame = serde_json::json!({
+            "op": "missed",
+            "channel": self.channel.as_str(),
+            "count": self.count,
+            "from": self.from,
+            "to": self.to,
+        });
+        serde_json::to_vec(&frame).unwrap_or_default().into()
+    }
+}
+
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum QueueError {
@@ -113,6 +173,21 @@ pub enum Received {
 struct Item {
     out: OutFrame,
     backlog: bool,
+    /// For a live event of a channel with a policy other than `disconnect`.
+    tag: Option<EventTag>,
+    /// For a `missed` frame: what it reports, so later drops add to it.
+    missed: Option<Missed>,
+}
+
+impl Item {
+    fn live(out: OutFrame, tag: Option<EventTag>) -> Self {
+        Self {
+            out,
+            backlog: false,
+            tag,
+            missed: None,
+        }
+    }
 }
 
 /// Frames and bytes of one lane.
@@ -155,11 +230,83 @@ impl State {
         Some(item.out)
     }
 
+    /// Replaces the queued, unwritten live event of `tag`'s channel by `out`, if there is one.
+    fn replace_latest(&mut self, out: &OutFrame, tag: &EventTag) -> bool {
+        let Some(item) = self
+            .items
+            .iter_mut()
+            .rev()
+            .find(|i| i.tag.as_ref().is_some_and(|t| t.channel == tag.channel))
+        else {
+            return false;
+        };
+        self.live.bytes = self.live.bytes - item.out.frame.len() + out.frame.len();
+        item.out = out.clone();
+        item.tag = Some(tag.clone());
+        true
+    }
+
+    /// Drops the oldest queued `drop_oldest` events until a frame of `len` bytes fits,
+    /// recording them in their channel's `missed` frame (placed where the first dropped
+    /// event was). Returns how many it dropped, or `None` when what is left cannot make
+    /// room (the caller cuts the connection then, as without a policy).
+    fn drop_oldest(&mut self, limits: &OutboxLimits, len: usize) -> Option<usize> {
+        let fits = |live: Usage| live.frames < limits.frames && live.bytes + len <= limits.bytes;
+        let mut dropped = 0;
+        while !fits(self.live) {
+            let at = self.items.iter().position(droppable)?;
+            let item = self.items.remove(at)?;
+            self.live.remove(item.out.frame.len());
+            dropped += 1;
+            if let Some(tag) = item.tag {
+                self.record_missed(at, &tag);
+            }
+        }
+        Some(dropped)
+    }
+
+    /// Adds a dropped event to its channel's queued `missed` frame, or queues one at `at`.
+    fn record_missed(&mut self, at: usize, tag: &EventTag) {
+        let existing = self
+            .items
+            .iter_mut()
+            .find(|i| i.missed.as_ref().is_some_and(|m| m.channel == tag.channel));
+        if let Some(item) = existing {
+            if let Some(missed) = item.missed.as_mut() {
+                missed.count += 1;
+                missed.from = missed.from.min(tag.offset);
+                missed.to = missed.to.max(tag.offset);
+                let frame = missed.frame();
+                self.live.bytes = self.live.bytes - item.out.frame.len() + frame.len();
+                item.out = OutFrame::plain(frame);
+            }
+            return;
+        }
+        let missed = Missed {
+            channel: tag.channel.clone(),
+            count: 1,
+            from: tag.offset,
+            to: tag.offset,
+        };
+        let out = OutFrame::plain(missed.frame());
+        self.live.add(out.frame.len());
+        let mut item = Item::live(out, None);
+        item.missed = Some(missed);
+        self.items.insert(at.min(self.items.len()), item);
+    }
+
     fn clear(&mut self) {
         self.items.clear();
         self.live = Usage::default();
         self.backlog = Usage::default();
     }
+}
+
+/// A live event a `drop_oldest` channel may lose to a newer one.
+fn droppable(item: &Item) -> bool {
+    item.tag
+        .as_ref()
+        .is_some_and(|t| t.policy == Backpressure::DropOldest)
 }
 
 #[derive(Debug)]
@@ -199,25 +346,48 @@ impl FrameSender {
     /// [`QueueError::FullFrames`] or [`QueueError::FullBytes`] at a bound,
     /// [`QueueError::Closed`] once the receiver is gone.
     pub fn try_send(&self, out: OutFrame) -> Result<(), QueueError> {
-        let was_empty = {
+        self.try_send_event(out, None).map(drop)
+    }
+
+    /// Queues a live frame; an event of a channel whose policy is not `disconnect` (`tag`)
+    /// replaces its channel's queued event (`latest`) or makes room by dropping older ones
+    /// (`drop_oldest`) instead of failing.
+    ///
+    /// # Errors
+    /// As [`Self::try_send`], when the policy cannot make room either.
+    pub fn try_send_event(&self, out: OutFrame, tag: Option<EventTag>) -> Result<Sent, QueueError> {
+        let (was_empty, sent) = {
             let mut state = self.0.lock();
             if state.closed {
                 return Err(QueueError::Closed);
             }
+            if let Some(tag) = tag.as_ref().filter(|t| t.policy == Backpressure::Latest) {
+                if state.replace_latest(&out, tag) {
+                    return Ok(Sent::Replaced);
+                }
+            }
             let limits = &self.0.limits;
             let len = out.frame.len();
-            if state.live.frames >= limits.frames {
-                return Err(QueueError::FullFrames);
-            }
-            if state.live.frames > 0 && state.live.bytes + len > limits.bytes {
-                return Err(QueueError::FullBytes);
+            let full = if state.live.frames >= limits.frames {
+                Some(QueueError::FullFrames)
+            } else if state.live.frames > 0 && state.live.bytes + len > limits.bytes {
+                Some(QueueError::FullBytes)
+            } else {
+                None
+            };
+            let mut sent = Sent::Queued;
+            if let Some(full) = full {
+                let dropping = tag
+                    .as_ref()
+                    .is_some_and(|t| t.policy == Backpressure::DropOldest);
+                match dropping.then(|| state.drop_oldest(limits, len)).flatten() {
+                    Some(dropped) => sent = Sent::Dropped(dropped),
+                    None => return Err(full),
+                }
             }
             state.live.add(len);
-            state.items.push_back(Item {
-                out,
-                backlog: false,
-            });
-            state.items.len() == 1
+            state.items.push_back(Item::live(out, tag));
+            (state.items.len() == 1, sent)
         };
         // A non-empty queue was signalled when it turned non-empty and the writer drains it
         // before it waits again, so only that transition wakes it. A stored permit covers a
@@ -225,7 +395,7 @@ impl FrameSender {
         if was_empty {
             self.0.ready.notify_one();
         }
-        Ok(())
+        Ok(sent)
     }
 
     /// What the backlog lane still takes.
@@ -256,7 +426,12 @@ impl FrameSender {
             let was_empty = state.items.is_empty();
             for out in frames {
                 state.backlog.add(out.frame.len());
-                state.items.push_back(Item { out, backlog: true });
+                state.items.push_back(Item {
+                    out,
+                    backlog: true,
+                    tag: None,
+                    missed: None,
+                });
             }
             was_empty && !state.items.is_empty()
         };
@@ -374,6 +549,65 @@ mod tests {
             backlog_frames: frames,
             backlog_bytes: usize::MAX,
         }
+    }
+
+    fn event(channel: &str, offset: u64, policy: Backpressure) -> (OutFrame, Option<EventTag>) {
+        let frame = Bytes::from(format!("{channel}:{offset}"));
+        let tag = EventTag {
+            channel: ChannelName::parse(channel).unwrap(),
+            offset,
+            policy,
+        };
+        (OutFrame::plain(frame), Some(tag))
+    }
+
+    fn drain(outbox: &mut Outbox) -> Vec<String> {
+        std::iter::from_fn(|| outbox.try_recv())
+            .map(|out| String::from_utf8_lossy(&out.frame).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn latest_keeps_the_newest_queued_event_of_its_channel_only() {
+        let (tx, mut rx) = outbox(limits(3));
+        for offset in 1..=100 {
+            let (out, tag) = event("ticker", offset, Backpressure::Latest);
+            tx.try_send_event(out, tag).unwrap();
+        }
+        let (out, tag) = event("other", 1, Backpressure::Latest);
+        assert_eq!(tx.try_send_event(out, tag), Ok(Sent::Queued));
+        tx.try_send_bytes(Bytes::from_static(b"reply")).unwrap();
+        assert_eq!(drain(&mut rx), ["ticker:100", "other:1", "reply"]);
+    }
+
+    #[test]
+    fn drop_oldest_makes_room_and_says_what_was_dropped_where_it_was() {
+        let (tx, mut rx) = outbox(limits(4));
+        tx.try_send_bytes(Bytes::from_static(b"reply")).unwrap();
+        for offset in 1..=10 {
+            let (out, tag) = event("feed", offset, Backpressure::DropOldest);
+            assert!(
+                tx.try_send_event(out, tag).is_ok(),
+                "offset {offset} queued"
+            );
+        }
+        let frames = drain(&mut rx);
+        assert_eq!(frames[0], "reply", "what is not droppable stays");
+        let missed: serde_json::Value = serde_json::from_str(&frames[1]).unwrap();
+        assert_eq!(
+            missed,
+            serde_json::json!({"op":"missed","channel":"feed","count":8,"from":1,"to":8})
+        );
+        assert_eq!(&frames[2..], ["feed:9", "feed:10"]);
+        let (out, tag) = event("strict", 1, Backpressure::Disconnect);
+        for _ in 0..4 {
+            let _ = tx.try_send_event(out.clone(), tag.clone());
+        }
+        assert_eq!(
+            tx.try_send_event(out, tag),
+            Err(QueueError::FullFrames),
+            "nothing droppable: the connection is cut as before"
+        );
     }
 
     #[tokio::test]
