@@ -26,6 +26,8 @@ pub struct Log {
     js: jetstream::Context,
     stream: String,
     subject: String,
+    /// The whole of an append, sending included, takes at most this.
+    publish_timeout: Duration,
 }
 
 impl Log {
@@ -43,6 +45,7 @@ impl Log {
             js,
             stream: format!("HERALD_{}_LOG", config.name),
             subject: format!("herald.{}.log", config.name),
+            publish_timeout: config.publish_timeout,
         };
         let wanted = stream::Config {
             name: log.stream.clone(),
@@ -87,8 +90,8 @@ impl Log {
     /// Stores a record; `key` becomes its `Nats-Msg-Id`, which JetStream deduplicates.
     pub fn append(&self, record: &LogRecord, key: Option<String>) -> LogFuture<Appended> {
         let payload = serde_json::to_vec(record).unwrap_or_default();
-        let (js, subject) = (self.js.clone(), self.subject.clone());
-        Box::pin(async move {
+        let (js, subject, timeout) = (self.js.clone(), self.subject.clone(), self.publish_timeout);
+        let appending = async move {
             let mut headers = HeaderMap::new();
             if let Some(key) = key {
                 headers.insert(async_nats::header::NATS_MESSAGE_ID, key.as_str());
@@ -103,6 +106,13 @@ impl Log {
                 seq: ack.sequence,
                 duplicate: ack.duplicate,
             })
+        };
+        // The client's own timeout covers the ack only; a send stuck behind a reconnect is
+        // bounded here, so a publisher gets its 503 within publish_timeout.
+        Box::pin(async move {
+            tokio::time::timeout(timeout, appending)
+                .await
+                .unwrap_or_else(|_| Err(LogError("not stored within publish_timeout".into())))
         })
     }
 
