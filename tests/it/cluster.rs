@@ -25,7 +25,7 @@ fn node_config(nats: &NatsServer, node: &str, cluster: &str) -> String {
 fn cluster_config(urls: &[String], node: &str, cluster: &str, replicas: usize) -> String {
     let quoted: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
     format!(
-        "node = \"{node}\"\n{BIG_QUEUES}\n[[channels]]\npattern = \"*\"\njoin_leave_notices = true\n\n\
+        "node = \"{node}\"\n{BIG_QUEUES}\n[[channels]]\npattern = \"*\"\njoin_leave_notices = true\nclient_publish = true\n\n\
          [nats]\nurl = \"{}\"\n\n[cluster]\nnats = [{}]\nname = \"{cluster}\"\nnode_timeout = \"3s\"\n\
          replicas = {replicas}\n",
         urls.join(","),
@@ -229,6 +229,26 @@ async fn three_nodes_deliver_every_publish_once_with_the_same_offsets_everywhere
          lost {lost}, duplicated {duplicated}, out of order {disordered}, offsets differing between nodes {mismatched}"
     );
     assert_eq!((lost, duplicated, disordered, mismatched), (0, 0, 0, 0));
+
+    // A client's publish on one node reaches the members on another, through the log.
+    let (mut writer, ident) = member(&nodes[0], "auth0|writer", json!({"chat": {}})).await;
+    let (mut reader, _) = member(&nodes[2], "auth0|reader", json!({"chat": {}})).await;
+    wait_members(&nodes[0], "chat", 2).await;
+    let reply = writer
+        .request(json!({"op": "publish", "channel": "chat", "event": "say", "data": {"n": 1}}))
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let heard = loop {
+        let frame = reader.next().await;
+        if frame["op"] == "event" {
+            break frame;
+        }
+    };
+    assert_eq!(heard["via"]["chat"], reply["data"]["offset"], "{heard}");
+    assert_eq!(heard["from"]["conn"], ident["conn"], "{heard}");
+    while let Some(frame) = writer.try_next(Duration::from_millis(300)).await {
+        assert_ne!(frame["op"], "event", "no echo unless asked: {frame}");
+    }
     for gateway in nodes {
         gateway.stop().await;
     }
