@@ -49,9 +49,15 @@ impl LogLink {
 
     /// Waits (a bounded time) until this node applied the log through `seq`.
     pub async fn catch_up(&self, seq: u64) {
+        self.caught_up(seq, CATCH_UP_WAIT).await;
+    }
+
+    /// Waits up to `within` until this node applied the log through `seq`; whether it did.
+    async fn caught_up(&self, seq: u64, within: Duration) -> bool {
         let mut applied = self.applied.subscribe();
         let caught_up = applied.wait_for(|applied| *applied >= seq);
-        let _ = tokio::time::timeout(CATCH_UP_WAIT, caught_up).await;
+        let caught_up = matches!(tokio::time::timeout(within, caught_up).await, Ok(Ok(_)));
+        caught_up
     }
 
     /// A new channel of this log.
@@ -83,11 +89,10 @@ impl Hub {
 
     /// Waits up to `within` until this node applied the log through `seq`; whether it did.
     pub async fn catch_up_log(&self, seq: u64, within: Duration) -> bool {
-        let Some(log) = self.log() else { return true };
-        let mut applied = log.applied.subscribe();
-        let caught_up = applied.wait_for(|applied| *applied >= seq);
-        let caught_up = matches!(tokio::time::timeout(within, caught_up).await, Ok(Ok(_)));
-        caught_up
+        match self.log() {
+            Some(log) => log.caught_up(seq, within).await,
+            None => true,
+        }
     }
 
     pub(super) fn log(&self) -> Option<&LogLink> {
