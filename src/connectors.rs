@@ -50,6 +50,10 @@ pub async fn join_cluster(
             message: e.to_string(),
         })?;
     hub.attach_log(engine.clone(), &start.epoch, start.floor);
+    let bans = engine.restore_bans(hub).await;
+    if bans > 0 {
+        tracing::info!(bans, "blocks and revocations of the cluster restored");
+    }
     engine.run(Arc::new(hub.clone()), &start, tasks, shutdown);
     let records = start.last.saturating_sub(start.floor);
     if hub.catch_up_log(start.last, REPLAY_WAIT).await {

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use herald_connector_api::{
-    AdminCommand, AtCapacity, ChannelKind, ChannelName, ChannelSummary, Disconnect, Envelope,
-    FieldError, Gateway, GatewayInfo, HistoryError, HistoryPage, Member, PublishError, Published,
-    Publishing, Revocation, Since, Target,
+    Acting, AdminCommand, AtCapacity, ChannelKind, ChannelName, ChannelSummary, Disconnect,
+    Envelope, FieldError, Gateway, GatewayInfo, HistoryError, HistoryPage, Member, PublishError,
+    Published, Publishing, Revocation, Since, Target,
 };
 use serde_json::value::RawValue;
 
@@ -261,13 +261,13 @@ impl Gateway for Hub {
     }
 
     fn presence(&self, channel: &ChannelName) -> Vec<Member> {
-        if channel.kind() == ChannelKind::Broadcast {
-            return self.broadcast_members();
-        }
-        let mut members = self
-            .lock_existing(channel)
-            .map(|c| c.member_list(usize::MAX))
-            .unwrap_or_default();
+        let mut members = if channel.kind() == ChannelKind::Broadcast {
+            self.broadcast_members()
+        } else {
+            self.lock_existing(channel)
+                .map(|c| c.member_list(usize::MAX))
+                .unwrap_or_default()
+        };
         members.extend(self.remote_members(channel));
         members
     }
@@ -303,52 +303,71 @@ impl Gateway for Hub {
         })
     }
 
-    fn disconnect(&self, target: Target, reason: &str, reconnect: bool) -> usize {
-        self.tell_cluster(AdminCommand::Disconnect {
-            target: target_text(&target),
-            reason: reason.to_owned(),
-            reconnect,
-        });
-        self.disconnect_here(&target, reason, reconnect)
+    fn disconnect(&self, target: Target, reason: &str, reconnect: bool) -> Acting<usize> {
+        let here = self.disconnect_here(&target, reason, reconnect);
+        self.with_cluster(
+            here,
+            AdminCommand::Disconnect {
+                target: target_text(&target),
+                reason: reason.to_owned(),
+                reconnect,
+            },
+        )
     }
 
-    fn block(&self, user: &str, until: Option<SystemTime>) -> Result<usize, AtCapacity> {
-        let ended = self.block_here(user, until)?;
-        self.tell_cluster(AdminCommand::Block {
+    fn block(&self, user: &str, until: Option<SystemTime>) -> Acting<Result<usize, AtCapacity>> {
+        let here = match self.block_here(user, until) {
+            Ok(here) => here,
+            Err(full) => return Box::pin(std::future::ready(Err(full))),
+        };
+        let command = AdminCommand::Block {
             user: user.to_owned(),
             until_ms: until.map(unix_ms),
-        });
-        Ok(ended)
+        };
+        let acting = self.with_cluster(here, command);
+        Box::pin(async move { Ok(acting.await) })
     }
 
-    fn unblock(&self, user: &str) -> bool {
-        self.tell_cluster(AdminCommand::Unblock {
+    fn unblock(&self, user: &str) -> Acting<bool> {
+        let here = usize::from(self.0.revocations.unblock(user));
+        let command = AdminCommand::Unblock {
             user: user.to_owned(),
-        });
-        self.0.revocations.unblock(user)
+        };
+        let acting = self.with_cluster(here, command);
+        Box::pin(async move { acting.await > 0 })
     }
 
-    fn revoke(&self, revocation: Revocation) -> Result<usize, AtCapacity> {
-        let ended = self.revoke_here(&revocation)?;
-        self.tell_cluster(match revocation {
+    fn revoke(&self, revocation: Revocation) -> Acting<Result<usize, AtCapacity>> {
+        let here = match self.revoke_here(&revocation) {
+            Ok(here) => here,
+            Err(full) => return Box::pin(std::future::ready(Err(full))),
+        };
+        let command = match revocation {
+            // Dated here, so that nodes that start later forget it when this one does.
             Revocation::Jti { jti, until } => AdminCommand::RevokeJti {
                 jti,
-                until_ms: until.map(unix_ms),
+                until_ms: Some(unix_ms(until.unwrap_or_else(|| {
+                    SystemTime::now() + super::revocation::JTI_RETENTION
+                }))),
             },
             Revocation::IssuedBefore { user, before } => AdminCommand::RevokeBefore {
                 user,
                 before_ms: unix_ms(before),
             },
-        });
-        Ok(ended)
+        };
+        let acting = self.with_cluster(here, command);
+        Box::pin(async move { Ok(acting.await) })
     }
 
-    fn unsubscribe(&self, name: &ChannelName, target: Target) -> usize {
-        self.tell_cluster(AdminCommand::Unsubscribe {
-            channel: name.to_string(),
-            target: target_text(&target),
-        });
-        self.unsubscribe_here(name, &target)
+    fn unsubscribe(&self, name: &ChannelName, target: Target) -> Acting<usize> {
+        let here = self.unsubscribe_here(name, &target);
+        self.with_cluster(
+            here,
+            AdminCommand::Unsubscribe {
+                channel: name.to_string(),
+                target: target_text(&target),
+            },
+        )
     }
 
     fn info(&self) -> GatewayInfo {

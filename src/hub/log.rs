@@ -12,13 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald_connector_api::{
-    AdminCommand, AtCapacity, ChannelName, ClusterLog, Envelope, LogRecord, LogSink, Member,
-    PublishError, Published, Publishing, RecordFrom, Revocation, Target,
+    Acting, AdminCommand, AtCapacity, ChannelName, ClusterLog, Envelope, LogRecord, LogSink,
+    Member, PublishError, Published, Publishing, RecordFrom, Revocation, Target,
 };
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
 use super::channel::Channel;
+use super::conn::Conn;
 use super::event::{self, EventBody, From};
 use super::{fanout, frame, Hub};
 
@@ -216,15 +217,31 @@ impl Hub {
         Ok(())
     }
 
-    /// Runs `command` on every other node, in the background.
-    pub(super) fn tell_cluster(&self, command: AdminCommand) {
+    /// Tells the other nodes that `conn` joined or left `channel` (`*` included).
+    pub(super) fn tell_cluster_membership(&self, channel: &str, conn: &Conn, joined: bool) {
         let Some(log) = self.log() else { return };
+        let member = Member {
+            user: conn.user().to_owned(),
+            conn: conn.id.to_string(),
+        };
+        log.engine.membership(channel, &member, joined);
+    }
+
+    /// Adds what the other nodes did with `command` to what this node did (`here`).
+    pub(super) fn with_cluster(&self, here: usize, command: AdminCommand) -> Acting<usize> {
+        let Some(log) = self.log() else {
+            return Box::pin(std::future::ready(here));
+        };
         let sending = log.engine.broadcast(command);
-        tokio::spawn(async move {
-            if let Err(e) = sending.await {
-                tracing::warn!(error = %e, "an admin command did not reach the other nodes");
+        Box::pin(async move {
+            match sending.await {
+                Ok(there) => here + there,
+                Err(e) => {
+                    tracing::warn!(error = %e, "an admin command did not reach the other nodes");
+                    here
+                }
             }
-        });
+        })
     }
 }
 

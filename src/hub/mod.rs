@@ -442,20 +442,16 @@ impl Hub {
                 self.notify_membership(&channel, "left", conn);
             }
         }
+        if conn.in_broadcast() {
+            self.tell_cluster_membership(ChannelName::broadcast().as_str(), conn, false);
+        }
         self.activity(ActivityKind::Disconnect, conn, None, None);
     }
 
     /// Tells the other members of a channel with notices on that `conn` joined or left.
     /// Also reports the join or leave of an ordinary channel as activity.
     fn notify_membership(&self, channel: &Channel, op: &'static str, conn: &Conn) {
-        if let Some(log) = self.log() {
-            let member = herald_connector_api::Member {
-                user: conn.user().to_owned(),
-                conn: conn.id.to_string(),
-            };
-            log.engine
-                .membership(channel.name.as_str(), &member, op == "joined");
-        }
+        self.tell_cluster_membership(channel.name.as_str(), conn, op == "joined");
         if channel.name.kind() == ChannelKind::Ordinary {
             let kind = if op == "joined" {
                 ActivityKind::Join

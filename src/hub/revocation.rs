@@ -12,7 +12,7 @@ use herald_connector_api::{AtCapacity, Revocation};
 use crate::auth::Identity;
 
 /// How long a revoked `jti` is remembered when the caller gives no expiry.
-const JTI_RETENTION: Duration = Duration::from_secs(24 * 3600);
+pub(super) const JTI_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// Blocks and revocations in force.
 pub(super) struct Revocations {

@@ -398,6 +398,8 @@ impl Ops {
         // and broadcasts reach this connection only from here on.
         self.reply_with_backlog(reply_id, &identified, recovered_frames);
         self.conn.join_broadcast();
+        self.hub
+            .tell_cluster_membership(ChannelName::broadcast().as_str(), &self.conn, true);
         drop(channels);
         self.hub
             .activity(ActivityKind::Connect, &self.conn, None, None);

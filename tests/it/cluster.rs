@@ -502,8 +502,19 @@ async fn a_node_that_lost_nats_refuses_publishes_it_cannot_store_and_says_so() {
     client.expect_nothing(Duration::from_millis(300)).await;
 
     nats.kill();
-    let ready = gateway.wait_readyz(503).await;
-    assert!(ready.to_string().contains("cluster"), "{ready}");
+    // The [nats] connector, on the same server, may be the first to be reported down.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = gateway.wait_readyz(503).await;
+        if ready.to_string().contains("cluster") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster is never named: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     let (status, body) = gateway
         .post(
             "/api/publish",
@@ -622,6 +633,113 @@ async fn a_nats_server_of_three_killed_mid_stream_loses_and_duplicates_nothing()
     );
     assert_eq!((lost, duplicated, disordered), (0, 0, 0));
     for gateway in nodes {
+        gateway.stop().await;
+    }
+}
+
+/// Waits until `gateway` knows `want` live nodes, itself included (10 s at most).
+async fn wait_nodes(gateway: &Gateway, want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = gateway.get("/api/info").await.1;
+        if info["nodes"].as_array().map(Vec::len) == Some(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "want {want} nodes: {info}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The code of the `disconnect` frame `client` gets, past the notices before it.
+async fn disconnect_code(client: &mut Client) -> Value {
+    loop {
+        let frame = client.next().await;
+        if frame["op"] == "disconnect" {
+            return frame["code"].clone();
+        }
+    }
+}
+
+/// Sends `ident` as `user` to `gateway` and returns the reply, whatever it is.
+async fn try_ident(gateway: &Gateway, user: &str) -> Value {
+    let mut client = gateway.connect().await;
+    client
+        .request(json!({"op": "ident", "token": gateway.token(user, None)}))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_count_every_node_and_bans_reach_a_node_that_starts_later() {
+    let nats = NatsServer::start().await;
+    let n1 = node(&nats, "n1", "admin").await;
+    let n2 = node(&nats, "n2", "admin").await;
+    wait_nodes(&n1, 2).await;
+    let (mut alice1, _) = member(&n1, "auth0|alice", json!({})).await;
+    let (mut alice2, _) = member(&n2, "auth0|alice", json!({})).await;
+    let (mut bob, _) = member(&n2, "bob", json!({})).await;
+
+    // `*` lists the identified connections of every node.
+    wait_members(&n1, "*", 3).await;
+    wait_members(&n2, "*", 3).await;
+
+    let (status, body) = n1
+        .post("/api/disconnect", &json!({"user": "auth0|alice"}))
+        .await;
+    assert_eq!(
+        (status, body["disconnected"].as_u64()),
+        (200, Some(2)),
+        "{body}"
+    );
+    assert_eq!(disconnect_code(&mut alice1).await, 4101);
+    assert_eq!(disconnect_code(&mut alice2).await, 4101);
+    wait_members(&n1, "*", 1).await;
+
+    let (status, body) = n1.post("/api/users/bob/block", &json!({})).await;
+    assert_eq!(
+        (status, body["disconnected"].as_u64()),
+        (200, Some(1)),
+        "{body}"
+    );
+    assert_eq!(disconnect_code(&mut bob).await, 4002);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 5;
+    let (status, body) = n2
+        .post(
+            "/api/tokens/revoke",
+            &json!({"user": "carol", "issued_before": before}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["disconnected"].as_u64()),
+        (200, Some(0)),
+        "{body}"
+    );
+
+    // A node that starts now reads the bans the cluster keeps.
+    let n3 = node(&nats, "n3", "admin").await;
+    let refused = try_ident(&n3, "bob").await;
+    assert_eq!(
+        refused["code"], 4002,
+        "a later node refuses the blocked user: {refused}"
+    );
+    let refused = try_ident(&n3, "carol").await;
+    assert_eq!(refused["code"], 4002, "and the revoked tokens: {refused}");
+    println!("admin across nodes: disconnect counted 2 of 2 nodes; block and revocation restored on a node started later");
+
+    wait_nodes(&n1, 3).await;
+    let (status, body) = n1.post("/api/users/bob/unblock", &json!({})).await;
+    assert_eq!(
+        (status, body["unblocked"].as_bool()),
+        (200, Some(true)),
+        "{body}"
+    );
+    let (_bob, _) = member(&n3, "bob", json!({})).await;
+    let restarted = try_ident(&n1, "bob").await;
+    assert_eq!(restarted["ok"], true, "unblocked everywhere: {restarted}");
+    for gateway in [n1, n2, n3] {
         gateway.stop().await;
     }
 }

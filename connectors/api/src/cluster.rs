@@ -133,8 +133,9 @@ pub trait ClusterLog: Send + Sync + 'static {
     fn membership(&self, channel: &str, member: &Member, joined: bool);
     /// Members of `channel` on the other live nodes.
     fn remote_members(&self, channel: &str) -> Vec<Member>;
-    /// Sends `command` to every other live node.
-    fn broadcast(&self, command: AdminCommand) -> LogFuture<()>;
+    /// Sends `command` to every other live node; answers how many connections they acted on
+    /// (those that answered in time).
+    fn broadcast(&self, command: AdminCommand) -> LogFuture<usize>;
     /// The live nodes, this one included.
     fn nodes(&self) -> Vec<NodeInfo>;
 }

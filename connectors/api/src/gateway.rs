@@ -245,6 +245,10 @@ impl Future for Publishing {
     }
 }
 
+/// An admin call's answer. On a single node it is ready at once; on a cluster it waits (a
+/// bounded time) for the other nodes to say what they did.
+pub type Acting<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
 /// The core as publishers and the admin API see it. Calls never wait on a client.
 pub trait Gateway: Send + Sync + 'static {
     /// Delivers an envelope to its targets and appends it to their histories.
@@ -267,24 +271,24 @@ pub trait Gateway: Send + Sync + 'static {
         since: Option<Since>,
         limit: usize,
     ) -> Result<HistoryPage, HistoryError>;
-    /// Closes the target's connections with 4101; returns how many.
-    fn disconnect(&self, target: Target, reason: &str, reconnect: bool) -> usize;
-    /// Removes the target's connections from a channel; returns how many.
-    fn unsubscribe(&self, channel: &ChannelName, target: Target) -> usize;
+    /// Closes the target's connections with 4101; returns how many, on every node.
+    fn disconnect(&self, target: Target, reason: &str, reconnect: bool) -> Acting<usize>;
+    /// Removes the target's connections from a channel; returns how many, on every node.
+    fn unsubscribe(&self, channel: &ChannelName, target: Target) -> Acting<usize>;
     /// Refuses `user` at every `ident` until `until` (`None`: until unblocked) and ends its
-    /// connections with 4002; returns how many it ended.
+    /// connections with 4002; returns how many it ended, on every node.
     ///
     /// # Errors
     /// [`AtCapacity`] when the configured number of blocks is reached.
-    fn block(&self, user: &str, until: Option<SystemTime>) -> Result<usize, AtCapacity>;
-    /// Lifts a block; whether there was one.
-    fn unblock(&self, user: &str) -> bool;
+    fn block(&self, user: &str, until: Option<SystemTime>) -> Acting<Result<usize, AtCapacity>>;
+    /// Lifts a block; whether there was one (on any node).
+    fn unblock(&self, user: &str) -> Acting<bool>;
     /// Refuses the tokens `revocation` names at every `ident` and ends the connections that
-    /// identified with them (4002); returns how many it ended.
+    /// identified with them (4002); returns how many it ended, on every node.
     ///
     /// # Errors
     /// [`AtCapacity`] when the configured number of revocations is reached.
-    fn revoke(&self, revocation: Revocation) -> Result<usize, AtCapacity>;
+    fn revoke(&self, revocation: Revocation) -> Acting<Result<usize, AtCapacity>>;
     /// Node facts.
     fn info(&self) -> GatewayInfo;
 }

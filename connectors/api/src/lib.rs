@@ -50,7 +50,7 @@ pub use connector::{
 pub use envelope::{Envelope, EnvelopeBatch};
 pub use field::{parse_json, FieldError};
 pub use gateway::{
-    AtCapacity, ChannelSummary, Gateway, GatewayInfo, HistoryError, HistoryPage, Member,
+    Acting, AtCapacity, ChannelSummary, Gateway, GatewayInfo, HistoryError, HistoryPage, Member,
     PublishError, PublishOutcome, Published, Publishing, Revocation, Since, Target,
 };
 pub use ingest::{Handled, Ingest, Verdict};

@@ -10,7 +10,9 @@
 //!   memberships into another; the others watch both, so presence spans the cluster, and the
 //!   members of a node whose heartbeat stops are dropped (with `left` notices) after
 //!   `node_timeout`.
-//! - [`admin`]: disconnect, unsubscribe, block and revoke, sent to every node on a subject.
+//! - [`admin`]: disconnect, unsubscribe, block and revoke, sent to every node on a subject
+//!   and counted from their answers; blocks and revocations are kept in a bucket for nodes
+//!   that start later.
 //!
 //! No consensus, gossip or replication of Herald's own: JetStream does all of it.
 
@@ -21,6 +23,7 @@ pub mod presence;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::{self, kv};
 use herald_connector_api::{
     AdminCommand, Appended, ClusterLog, ConnectorStatus, LogFuture, LogRecord, LogSink, Member,
     NodeInfo,
@@ -136,6 +139,35 @@ pub(crate) fn age_of(stored_ns: i128) -> Duration {
     Duration::from_nanos(u64::try_from(now_ns - stored_ns).unwrap_or(0))
 }
 
+/// Opens (creating) a key-value bucket of the cluster. The stream is made by hand, as the
+/// client's own `create_key_value` would make it: that call first asks for account details
+/// that servers before 2.10 answer in a form the client does not read.
+pub(crate) async fn bucket(
+    js: &jetstream::Context,
+    config: &ClusterConfig,
+    suffix: &str,
+    max_age: Duration,
+) -> Result<kv::Store, ClusterError> {
+    let bucket = format!("herald_{}_{suffix}", config.name);
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        num_replicas: config.replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ClusterError::new("presence", e))?;
+    js.get_key_value(bucket)
+        .await
+        .map_err(|e| ClusterError::new("presence", e))
+}
+
 /// A node's engine: the log, presence and admin commands, on one NATS connection.
 pub struct Engine {
     log: log::Log,
@@ -176,7 +208,7 @@ impl Engine {
         .await
         .map_err(|_| ClusterError::new("stream", "NATS did not answer within 30s"))??;
         let presence = Arc::new(presence::Presence::open(client.clone(), config, node).await?);
-        let admin = admin::Admin::new(client.clone(), config, node);
+        let admin = admin::Admin::open(client.clone(), config, node).await?;
         let engine = Arc::new(Self {
             log,
             presence,
@@ -184,6 +216,11 @@ impl Engine {
             client,
         });
         Ok((engine, start))
+    }
+
+    /// Applies the blocks and revocations the cluster keeps to `sink`; returns how many.
+    pub async fn restore_bans(&self, sink: &dyn LogSink) -> usize {
+        self.admin.restore(sink).await
     }
 
     /// Runs the engine's tasks on `tasks` until `shutdown`: the log applied to `sink` from
@@ -226,8 +263,9 @@ impl ClusterLog for Engine {
         self.presence.remote_members(channel)
     }
 
-    fn broadcast(&self, command: AdminCommand) -> LogFuture<()> {
-        self.admin.send(&command)
+    fn broadcast(&self, command: AdminCommand) -> LogFuture<usize> {
+        let others = self.presence.nodes().len().saturating_sub(1);
+        self.admin.send(&command, others)
     }
 
     fn nodes(&self) -> Vec<NodeInfo> {

@@ -29,6 +29,13 @@ use crate::{age_of, ClusterConfig, ClusterError};
 /// then stale until those connections join or leave again.
 const CHANGE_QUEUE: usize = 65_536;
 
+/// Membership changes written at once, at most. A batch keeps only the last change of each
+/// key, so its writes may land in any order.
+const WRITE_BATCH: usize = 256;
+
+/// Deletes of a gone node's keys in flight at once.
+const FORGET_IN_FLIGHT: usize = 64;
+
 /// How long the heartbeat of a node that went away stays in its bucket.
 const NODES_MAX_AGE: Duration = Duration::from_secs(600);
 
@@ -87,35 +94,6 @@ fn parse_key(key: &str) -> Option<(String, String, String)> {
     parts.next().is_none().then_some(parsed)
 }
 
-/// Opens (creating) a key-value bucket of the cluster. The stream is made by hand, as the
-/// client's own `create_key_value` would make it: that call first asks for account details
-/// that servers before 2.10 answer in a form the client does not read.
-async fn bucket(
-    js: &jetstream::Context,
-    config: &ClusterConfig,
-    suffix: &str,
-    max_age: Duration,
-) -> Result<kv::Store, ClusterError> {
-    let bucket = format!("herald_{}_{suffix}", config.name);
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: format!("KV_{bucket}"),
-        subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: 1,
-        max_age,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: jetstream::stream::DiscardPolicy::New,
-        num_replicas: config.replicas,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| ClusterError::new("presence", e))?;
-    js.get_key_value(bucket)
-        .await
-        .map_err(|e| ClusterError::new("presence", e))
-}
-
 impl Presence {
     /// Opens (creating) the buckets of the cluster.
     ///
@@ -127,8 +105,8 @@ impl Presence {
         node: &str,
     ) -> Result<Self, ClusterError> {
         let js = jetstream::new(client);
-        let nodes = bucket(&js, config, "nodes", NODES_MAX_AGE).await?;
-        let members = bucket(&js, config, "members", Duration::ZERO).await?;
+        let nodes = crate::bucket(&js, config, "nodes", NODES_MAX_AGE).await?;
+        let members = crate::bucket(&js, config, "members", Duration::ZERO).await?;
         let (changes, pending) = mpsc::channel(CHANGE_QUEUE);
         let presence = Self {
             node: node.to_owned(),
@@ -156,9 +134,11 @@ impl Presence {
                 stale.push(key);
             }
         }
-        for key in stale {
-            let _ = self.members.delete(&key).await;
-        }
+        futures_util::stream::iter(stale)
+            .for_each_concurrent(FORGET_IN_FLIGHT, |key| async move {
+                let _ = self.members.delete(&key).await;
+            })
+            .await;
     }
 
     /// Queues a membership change of this node to be written.
@@ -247,27 +227,39 @@ impl Presence {
                 change = pending.recv() => change,
             };
             let Some(change) = change else { break };
-            let written = match change.user {
-                Some(user) => self
-                    .members
-                    .put(&change.key, user.into())
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
-                None => self
-                    .members
-                    .delete(&change.key)
-                    .await
-                    .map_err(|e| e.to_string()),
-            };
-            if let Err(e) = written {
-                tracing::warn!(error = %e, "cluster presence: a membership change was not written");
+            let mut batch = HashMap::from([(change.key, change.user)]);
+            while batch.len() < WRITE_BATCH {
+                let Ok(change) = pending.try_recv() else {
+                    break;
+                };
+                batch.insert(change.key, change.user);
+            }
+            let writes = batch
+                .into_iter()
+                .map(|(key, user)| self.write_one(key, user));
+            for written in futures_util::future::join_all(writes).await {
+                if let Err(e) = written {
+                    tracing::warn!(error = %e, "cluster presence: a membership change was not written");
+                }
             }
         }
         // This node's members leave the cluster's view with it.
         let node = self.node.clone();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.forget_node(&node)).await;
         let _ = self.nodes.delete(encode(&self.node)).await;
+    }
+
+    /// Puts a membership (`user` given) or deletes it.
+    async fn write_one(&self, key: String, user: Option<String>) -> Result<(), String> {
+        match user {
+            Some(user) => self
+                .members
+                .put(&key, user.into())
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            None => self.members.delete(&key).await.map_err(|e| e.to_string()),
+        }
     }
 
     async fn heartbeat(self: Arc<Self>, shutdown: CancellationToken) {

@@ -279,7 +279,8 @@ async fn disconnect(
     }
     let n = state
         .gateway
-        .disconnect(target, &body.reason, body.reconnect);
+        .disconnect(target, &body.reason, body.reconnect)
+        .await;
     Ok(Json(serde_json::json!({ "disconnected": n })).into_response())
 }
 
@@ -298,7 +299,7 @@ async fn unsubscribe(
     } else {
         parse_body(&body)?
     };
-    let n = state.gateway.unsubscribe(&channel, body.target()?);
+    let n = state.gateway.unsubscribe(&channel, body.target()?).await;
     Ok(Json(serde_json::json!({ "removed": n })).into_response())
 }
 
@@ -342,7 +343,7 @@ async fn block(
             Some(SystemTime::now() + duration)
         }
     };
-    let ended = state.gateway.block(&user, until)?;
+    let ended = state.gateway.block(&user, until).await?;
     let until = until.map(|t| humantime::format_rfc3339_seconds(t).to_string());
     Ok(
         Json(serde_json::json!({"user": user, "until": until, "disconnected": ended}))
@@ -355,7 +356,7 @@ async fn unblock(
     Path(user): Path<String>,
 ) -> Result<Response, ApiError> {
     check_user_id(&user).map_err(|e| ApiError::bad_request("user", e))?;
-    let unblocked = state.gateway.unblock(&user);
+    let unblocked = state.gateway.unblock(&user).await;
     Ok(Json(serde_json::json!({ "unblocked": unblocked })).into_response())
 }
 
@@ -408,7 +409,7 @@ async fn revoke(
             ))
         }
     };
-    let ended = state.gateway.revoke(revocation)?;
+    let ended = state.gateway.revoke(revocation).await?;
     Ok(Json(serde_json::json!({ "disconnected": ended })).into_response())
 }
 
