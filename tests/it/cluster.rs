@@ -5,13 +5,13 @@
 //! tests print their figures.
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::support::nats::{NatsCluster, NatsServer};
-use crate::support::{start_with, tally, Client, Gateway, API_KEY, JWT_SECRET};
+use crate::support::process::HeraldProcess;
+use crate::support::{start_with, tally, Client, Gateway, API_KEY};
 
 /// Generous client queues: these tests are about the cluster, not slow consumers.
 const BIG_QUEUES: &str = "client_queue = 200000\nclient_queue_bytes = 200000000\n\
@@ -266,63 +266,10 @@ fn dense(expected: &[u64], seen: &[u64]) -> Vec<u64> {
         .collect()
 }
 
-/// A Herald node as its own process, so the test can SIGKILL it.
-struct NodeProcess {
-    child: tokio::process::Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl NodeProcess {
-    async fn spawn(config: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("herald.toml");
-        std::fs::write(&path, config).expect("config");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args([
-                "--listen",
-                &addr,
-                "--api-key",
-                API_KEY,
-                "--jwt-secret",
-                JWT_SECRET,
-            ])
-            .arg(format!("--config={}", path.display()))
-            .env("HERALD_LOG", "warn")
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn herald");
-        for _ in 0..400 {
-            if reqwest::get(format!("http://{addr}/readyz"))
-                .await
-                .is_ok_and(|r| r.status() == 200)
-            {
-                return Self {
-                    child,
-                    addr,
-                    _dir: dir,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("herald node did not start");
-    }
-
-    fn token(user: &str) -> String {
-        herald::auth::Auth::new(JWT_SECRET).mint(user, None, Duration::from_secs(3600))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_node_s_clients_recover_on_another_and_its_members_leave_within_the_bound() {
     let nats = NatsServer::start().await;
-    let mut doomed = NodeProcess::spawn(&node_config(&nats, "doomed", "kill")).await;
+    let mut doomed = HeraldProcess::spawn(&[], Some(&node_config(&nats, "doomed", "kill"))).await;
     let survivor = node(&nats, "survivor", "kill").await;
     let (mut watcher, _) = member(&survivor, "watcher", json!({"k": {}})).await;
     const CLIENTS: usize = 20;
@@ -331,9 +278,7 @@ async fn a_killed_node_s_clients_recover_on_another_and_its_members_leave_within
         let mut client = Client::connect(&format!("ws://{}/ws", doomed.addr)).await;
         let user = format!("auth0|kill{i}");
         let reply = client
-            .request(
-                json!({"op": "ident", "token": NodeProcess::token(&user), "channels": {"k": {}}}),
-            )
+            .request(json!({"op": "ident", "token": doomed.token(&user), "channels": {"k": {}}}))
             .await;
         assert_eq!(reply["ok"], true, "{reply}");
         let epoch = reply["data"]["channels"]["k"]["epoch"]

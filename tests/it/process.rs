@@ -5,87 +5,11 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::support::process::HeraldProcess as Herald;
 use crate::support::{Client, API_KEY, JWT_SECRET, WAIT};
-
-struct Herald {
-    child: Child,
-    addr: String,
-}
-
-impl Herald {
-    async fn spawn(args: &[&str]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args([
-                "--listen",
-                &addr,
-                "--api-key",
-                API_KEY,
-                "--jwt-secret",
-                JWT_SECRET,
-            ])
-            .args(args)
-            .env("HERALD_LOG", "warn")
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn herald");
-        let herald = Self { child, addr };
-        for _ in 0..200 {
-            if reqwest::get(format!("http://{}/healthz", herald.addr))
-                .await
-                .is_ok_and(|r| r.status() == 200)
-            {
-                return herald;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("herald did not start");
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id().expect("running") as i32
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-
-    fn token(&self, user: &str) -> String {
-        herald::auth::Auth::new(JWT_SECRET).mint(user, None, Duration::from_secs(3600))
-    }
-
-    async fn client(&self, user: &str, channel: &str) -> Client {
-        let mut client = Client::connect(&format!("ws://{}/ws", self.addr)).await;
-        let channels = json!({ channel: {} });
-        let reply = client
-            .request(json!({"op": "ident", "token": self.token(user), "channels": channels}))
-            .await;
-        assert_eq!(reply["ok"], true);
-        client
-    }
-
-    async fn publish(&self, body: &Value) {
-        let response = reqwest::Client::new()
-            .post(format!("http://{}/api/publish", self.addr))
-            .bearer_auth(API_KEY)
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-    }
-}
 
 /// Reads events on `channel` until `want` arrived or the connection ends; returns how many
 /// came and whether their offsets ran 1, 2, 3 … without gap or repeat. Reads offsets out of
@@ -128,7 +52,7 @@ async fn a_client_that_stops_reading_is_cut_with_4102_while_others_get_everythin
     const EVENTS: u64 = 3000;
     const BATCH: u64 = 50;
     // The queue must hold one publish batch: a batch is queued to everyone at once.
-    let herald = Herald::spawn(&["--client-queue", "256"]).await;
+    let herald = Herald::spawn(&["--client-queue", "256"], None).await;
     let rss_start = herald.rss_kib();
     let mut fast = Vec::new();
     for i in 0..FAST {
@@ -210,7 +134,7 @@ async fn a_client_that_stops_reading_is_cut_with_4102_while_others_get_everythin
 
 #[tokio::test]
 async fn sigterm_sends_4100_to_every_client_and_exits_0() {
-    let mut herald = Herald::spawn(&["--reconnect-spread", "3s"]).await;
+    let mut herald = Herald::spawn(&["--reconnect-spread", "3s"], None).await;
     let mut clients = Vec::new();
     for i in 0..20 {
         clients.push(herald.client(&format!("u{i}"), "room").await);
@@ -255,7 +179,7 @@ async fn sigterm_sends_4100_to_every_client_and_exits_0() {
 #[tokio::test]
 async fn sigterm_answers_an_http_publish_still_in_flight() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut herald = Herald::spawn(&["--shutdown-grace", "5s"]).await;
+    let mut herald = Herald::spawn(&["--shutdown-grace", "5s"], None).await;
     let body = r#"{"event":"e","channels":["c"]}"#;
     let mut stream = tokio::net::TcpStream::connect(&herald.addr).await.unwrap();
     let head = format!(
@@ -421,7 +345,7 @@ async fn flags_win_over_environment_which_wins_over_the_file() {
 
 #[tokio::test]
 async fn sighup_does_not_end_the_process() {
-    let herald = Herald::spawn(&[]).await;
+    let herald = Herald::spawn(&[], None).await;
     // SAFETY: kill(2) on a child we spawned and still own.
     assert_eq!(unsafe { libc::kill(herald.pid(), libc::SIGHUP) }, 0);
     tokio::time::sleep(Duration::from_millis(300)).await;

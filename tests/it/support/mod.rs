@@ -7,6 +7,7 @@ pub mod amqp;
 pub mod client;
 pub mod longpoll;
 pub mod nats;
+pub mod process;
 pub mod sse;
 
 use std::net::SocketAddr;
