@@ -1,7 +1,8 @@
 //! The cluster on NATS JetStream, against a `nats-server` of each test's own: three nodes
 //! acting as one gateway (one log, the same offsets everywhere, presence across nodes), a
 //! node killed mid-stream whose clients recover on another, a single node whose history
-//! survives a restart, and a node that lost NATS refusing publishes it cannot store. Fault
+//! survives a restart, a node that lost NATS refusing publishes it cannot store, admin calls
+//! and bans across nodes, and RabbitMQ and file-tail publishes reaching every node. Fault
 //! tests print their figures.
 
 use std::collections::{BTreeMap, HashMap};
@@ -687,4 +688,69 @@ async fn admin_calls_count_every_node_and_bans_reach_a_node_that_starts_later() 
     for gateway in [n1, n2, n3] {
         gateway.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_and_file_tail_publishes_on_one_node_reach_every_node_once() {
+    use std::io::Write;
+    const EACH: u64 = 200;
+    let nats = NatsServer::start().await;
+    let rabbit = crate::support::amqp::Rabbit::new("cluster").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("app.log");
+    let mut file = std::fs::File::create(&log).expect("log file");
+    let config = format!(
+        "{}\n{}\n[[file_tail]]\npath = \"{}\"\nchannels = [\"s\"]\npoll_interval = \"50ms\"\n",
+        node_config(&nats, "sources", "sources"),
+        rabbit.section(""),
+        log.display()
+    );
+    let source = start_with(&[], Some(&config)).await;
+    source.wait_readyz(200).await;
+    let other = node(&nats, "other", "sources").await;
+    let (mut here, _) = member(&source, "u1", json!({"s": {}})).await;
+    let (mut there, _) = member(&other, "u2", json!({"s": {}})).await;
+
+    let json = lapin::BasicProperties::default().with_content_type("application/json".into());
+    for n in 0..EACH {
+        let envelope = json!({"event": "e", "channels": ["s"], "data": {"n": n}});
+        rabbit
+            .publish(envelope.to_string().as_bytes(), json.clone())
+            .await;
+        let line = json!({"event": "e", "channels": ["s"], "data": {"n": EACH + n}});
+        writeln!(file, "{line}").expect("append");
+    }
+    file.flush().expect("flush");
+
+    let total = 2 * EACH as usize;
+    let seen_here = read_events(&mut here, total).await;
+    let seen_there = read_events(&mut there, total).await;
+    for (what, seen) in [("source node", &seen_here), ("other node", &seen_there)] {
+        let offsets: Vec<u64> = seen.iter().map(|e| e.via["s"]).collect();
+        let mut numbers: Vec<u64> = seen.iter().map(|e| e.n).collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        println!(
+            "{what}: {} of {total} received ({} distinct), published through RabbitMQ and a tailed file on the source node",
+            seen.len(),
+            numbers.len()
+        );
+        assert_eq!(
+            numbers,
+            (0..2 * EACH).collect::<Vec<_>>(),
+            "{what}: each once"
+        );
+        assert_eq!(seen.len(), total, "{what}: none twice");
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "{what}: in offset order"
+        );
+    }
+    assert_eq!(
+        seen_here, seen_there,
+        "the same events with the same offsets on both nodes"
+    );
+    source.stop().await;
+    other.stop().await;
+    rabbit.clean_up().await;
 }
