@@ -193,6 +193,12 @@ impl Channel {
         }
     }
 
+    /// Records up to `seq` left the log before this node applied them: a position before
+    /// `seq` can no longer be proven complete here.
+    pub fn lost_through(&mut self, seq: u64) {
+        self.floor = self.floor.max(seq);
+    }
+
     /// Forgets every event: the log they came from is gone. The channel now knows every event
     /// of the log named `epoch` after `floor`.
     pub fn restart(&mut self, epoch: Arc<str>, floor: u64) {
@@ -383,6 +389,13 @@ mod tests {
             None,
             "before the node knew the channel"
         );
+        ch.lost_through(140);
+        assert_eq!(
+            offsets(ch.after(&since(111, e), horizon)),
+            None,
+            "records up to 140 never reached this node"
+        );
+        assert_eq!(offsets(ch.after(&since(140, e), horizon)), Some(vec![150]));
         ch.restart(Arc::from("NEW"), 200);
         assert_eq!(
             offsets(ch.after(&since(200, Some("NEW")), 200)),

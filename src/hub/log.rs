@@ -308,6 +308,19 @@ impl LogSink for Hub {
         }
     }
 
+    fn lost(&self, seq: u64) {
+        let Some(log) = self.log() else { return };
+        log.floor.fetch_max(seq, Ordering::AcqRel);
+        for channel in self.0.channels.iter() {
+            channel.lock().lost_through(seq);
+        }
+        self.applied_through(seq);
+        tracing::warn!(
+            through = seq,
+            "records of the cluster log left it before this node read them: recoveries from before them answer recovered:false"
+        );
+    }
+
     fn reset(&self, epoch: &str, floor: u64) {
         let Some(log) = self.log() else { return };
         let epoch: Arc<str> = Arc::from(epoch);

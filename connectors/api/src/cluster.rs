@@ -147,6 +147,9 @@ pub trait LogSink: Send + Sync + 'static {
     fn apply(&self, seq: u64, record: &LogRecord, age: Duration);
     /// Every record up to `seq` has been applied (records the log skipped included).
     fn applied_through(&self, seq: u64);
+    /// The records up to `seq` that were not applied left the log (its limits) before this
+    /// node read them: recoveries from before `seq` must answer `recovered: false` here.
+    fn lost(&self, seq: u64);
     /// The log was created anew (`epoch` names it): history from before is gone. `floor` is
     /// the sequence before the first record that will be applied.
     fn reset(&self, epoch: &str, floor: u64);

@@ -199,6 +199,11 @@ impl Log {
             };
             let Ok(info) = message.info() else { continue };
             let seq = info.stream_sequence;
+            // The stream's sequences have no holes: a jump means the stream's limits dropped
+            // records before this node read them.
+            if seq > next {
+                sink.lost(seq - 1);
+            }
             let stored_ns = info.published.unix_timestamp_nanos();
             match serde_json::from_slice::<LogRecord>(&message.payload) {
                 Ok(record) => sink.apply(seq, &record, age_of(stored_ns)),
