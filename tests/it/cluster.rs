@@ -1,5 +1,5 @@
-//! The cluster on NATS JetStream, against a `nats-server` of each test's own: three nodes
-//! acting as one gateway (one log, the same offsets everywhere, presence across nodes), a
+//! The cluster on NATS JetStream, against a `nats-server` of each test's own: three node
+//! processes acting as one gateway (one log, the same offsets everywhere, presence across nodes), a
 //! node killed mid-stream whose clients recover on another, a single node whose history
 //! survives a restart, a node that lost NATS refusing publishes it cannot store, admin calls
 //! and bans across nodes, and RabbitMQ and file-tail publishes reaching every node. Fault
@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::support::nats::{NatsCluster, NatsServer};
 use crate::support::process::HeraldProcess;
-use crate::support::{start_with, tally, Client, Gateway, API_KEY};
+use crate::support::{spawn_with, start_with, tally, Client, Gateway, API_KEY};
 
 /// Generous client queues: these tests are about the cluster, not slow consumers.
 const BIG_QUEUES: &str = "client_queue = 200000\nclient_queue_bytes = 200000000\n\
@@ -36,6 +36,11 @@ fn cluster_config(urls: &[String], node: &str, cluster: &str, replicas: usize) -
 
 async fn node(nats: &NatsServer, name: &str, cluster: &str) -> Gateway {
     start_with(&[], Some(&node_config(nats, name, cluster))).await
+}
+
+/// A node as a `herald` process of its own.
+async fn node_process(nats: &NatsServer, name: &str, cluster: &str) -> Gateway {
+    spawn_with(&node_config(nats, name, cluster)).await
 }
 
 /// A client of `gateway` as `user` in `channels`, recovering from `positions` when given.
@@ -102,9 +107,9 @@ async fn read_events(client: &mut Client, want: usize) -> Vec<Seen> {
 async fn three_nodes_deliver_every_publish_once_with_the_same_offsets_everywhere() {
     let nats = NatsServer::start().await;
     let nodes = [
-        node(&nats, "n1", "three").await,
-        node(&nats, "n2", "three").await,
-        node(&nats, "n3", "three").await,
+        node_process(&nats, "n1", "three").await,
+        node_process(&nats, "n2", "three").await,
+        node_process(&nats, "n3", "three").await,
     ];
     // On every node: one client in `a`, one in `b`, one in both.
     let mut readers = Vec::new();
@@ -226,7 +231,7 @@ async fn three_nodes_deliver_every_publish_once_with_the_same_offsets_everywhere
         duplicated += d;
     }
     println!(
-        "cluster of 3: {TOTAL} publishes (HTTP on every node, NATS) in {published_in:?}; \
+        "cluster of 3 processes: {TOTAL} publishes (HTTP on every node, NATS) in {published_in:?}; \
          lost {lost}, duplicated {duplicated}, out of order {disordered}, offsets differing between nodes {mismatched}"
     );
     assert_eq!((lost, duplicated, disordered, mismatched), (0, 0, 0, 0));

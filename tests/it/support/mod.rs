@@ -31,7 +31,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub const API_KEY: &str = "test-api-key";
 pub const JWT_SECRET: &str = "test-jwt-secret";
 
-/// A Herald running inside the test process.
+/// A Herald running inside the test process, or as a process of its own.
 pub struct Gateway {
     pub addr: SocketAddr,
     pub tls: bool,
@@ -39,7 +39,8 @@ pub struct Gateway {
     http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), herald::RunError>>>,
-    _dir: tempfile::TempDir,
+    process: Option<process::HeraldProcess>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// Starts a gateway with the test keys plus `args`; `config_toml`, if given, becomes `--config`.
@@ -72,12 +73,28 @@ pub async fn start_with(args: &[&str], config_toml: Option<&str>) -> Gateway {
         http: reqwest::Client::new(),
         stop: Some(stop),
         task: Some(task),
-        _dir: dir,
+        process: None,
+        _dir: Some(dir),
     };
     if !tls {
         gateway.wait_healthy().await;
     }
     gateway
+}
+
+/// Starts the `herald` binary with the test keys and `config_toml`, as a process of its own.
+pub async fn spawn_with(config_toml: &str) -> Gateway {
+    let process = process::HeraldProcess::spawn(&[], Some(config_toml)).await;
+    Gateway {
+        addr: process.addr.parse().expect("addr"),
+        tls: false,
+        auth: Auth::new(JWT_SECRET),
+        http: reqwest::Client::new(),
+        stop: None,
+        task: None,
+        process: Some(process),
+        _dir: None,
+    }
 }
 
 /// Starts a gateway with the test keys plus `args`.
@@ -221,8 +238,17 @@ impl Gateway {
         response.text().await.expect("metrics text")
     }
 
-    /// Triggers shutdown and waits for `run` to return.
+    /// Triggers shutdown and waits for `run` (or the process) to end cleanly.
     pub async fn stop(mut self) {
+        if let Some(mut process) = self.process.take() {
+            // SAFETY: kill(2) on the pid of a child this test started and still owns.
+            assert_eq!(unsafe { libc::kill(process.pid(), libc::SIGTERM) }, 0);
+            let status = tokio::time::timeout(WAIT, process.child.wait())
+                .await
+                .expect("exited in time")
+                .expect("wait");
+            assert!(status.success(), "herald exited with {status}");
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
