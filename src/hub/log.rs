@@ -232,12 +232,18 @@ impl Hub {
         let Some(log) = self.log() else {
             return Box::pin(std::future::ready(here));
         };
-        let sending = log.engine.broadcast(command);
+        // A task of its own: a caller that gives up waiting (an HTTP client gone) must not
+        // stop the command half-way to the other nodes.
+        let sending = tokio::spawn(log.engine.broadcast(command));
         Box::pin(async move {
             match sending.await {
-                Ok(there) => here + there,
-                Err(e) => {
+                Ok(Ok(there)) => here + there,
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "an admin command did not reach the other nodes");
+                    here
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "an admin command's sending task failed");
                     here
                 }
             }
