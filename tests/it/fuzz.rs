@@ -13,17 +13,7 @@ const TARGETS: [&str; 4] = ["client_frames", "envelope", "token", "last_event_id
 #[test]
 fn every_fuzz_target_runs_clean_for_a_bounded_time() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let installed = Command::new("cargo")
-        .args(["fuzz", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !installed {
-        let status = Command::new("cargo")
-            .args(["install", "cargo-fuzz", "--locked"])
-            .status()
-            .expect("cargo install");
-        assert!(status.success(), "cargo install cargo-fuzz: {status}");
-    }
+    crate::support::ensure_cargo_tool("fuzz");
     let corpus = tempfile::tempdir().unwrap();
     for target in TARGETS {
         let found = corpus.path().join(target);

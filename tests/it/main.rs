@@ -23,6 +23,7 @@ mod process;
 mod revocation;
 mod rpc;
 mod sse;
+mod supply_chain;
 mod tls;
 mod ws_conformance;
 mod ws_protocol;

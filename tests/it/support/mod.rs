@@ -323,3 +323,20 @@ pub fn tally(what: &str, total: usize, seen: &[u64], faults: &str) -> (usize, us
     );
     (lost, duplicated, out_of_order)
 }
+
+/// Makes sure the cargo subcommand `tool` (from the crate `cargo-<tool>`) is installed,
+/// installing it from crates.io the first time.
+pub fn ensure_cargo_tool(tool: &str) {
+    let installed = std::process::Command::new("cargo")
+        .args([tool, "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        let package = format!("cargo-{tool}");
+        let status = std::process::Command::new("cargo")
+            .args(["install", &package, "--locked"])
+            .status()
+            .expect("cargo install");
+        assert!(status.success(), "cargo install {package}: {status}");
+    }
+}
