@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::support::nats::{NatsCluster, NatsServer};
 use crate::support::process::HeraldProcess;
-use crate::support::{spawn_with, start_with, tally, Client, Gateway, API_KEY};
+use crate::support::{spawn_with, start_with, tally, Client, Gateway, API_KEY, JWT_SECRET};
 
 /// Generous client queues: these tests are about the cluster, not slow consumers.
 const BIG_QUEUES: &str = "client_queue = 200000\nclient_queue_bytes = 200000000\n\
@@ -758,4 +758,37 @@ async fn rabbitmq_and_file_tail_publishes_on_one_node_reach_every_node_once() {
     source.stop().await;
     other.stop().await;
     rabbit.clean_up().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_with_a_live_node_s_name_is_refused_at_start() {
+    let nats = NatsServer::start().await;
+    let config = node_config(&nats, "twin", "twins");
+    let first = start_with(&[], Some(&config)).await;
+    wait_nodes(&first, 1).await;
+    // Its first heartbeat is in the bucket once it serves; give it a moment to be stored.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("herald.toml");
+    std::fs::write(&path, &config).expect("config");
+    let twin = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["--listen", "127.0.0.1:0", "--api-key", API_KEY])
+        .args(["--jwt-secret", JWT_SECRET])
+        .arg(format!("--config={}", path.display()))
+        .env("HERALD_LOG", "warn")
+        .output();
+    let twin = tokio::time::timeout(Duration::from_secs(30), twin)
+        .await
+        .expect("the twin ended in time")
+        .expect("ran");
+    let stderr = String::from_utf8_lossy(&twin.stderr);
+    assert!(!twin.status.success(), "the twin must not start: {stderr}");
+    assert!(
+        stderr.contains("another live node is named \"twin\""),
+        "the error names the clash: {stderr}"
+    );
+    // The first node is untouched.
+    let (status, _) = first.get("/readyz").await;
+    assert_eq!(status, 200);
+    first.stop().await;
 }

@@ -118,8 +118,40 @@ impl Presence {
             view: Arc::default(),
             sink: OnceLock::new(),
         };
+        presence.refuse_a_live_twin().await?;
         presence.forget_node(node).await;
         Ok(presence)
+    }
+
+    /// Refuses to start while another live node has this node's name: their connection ids
+    /// and memberships would be mixed up. A heartbeat left by this node's previous run (a
+    /// crash) is told apart by waiting one heartbeat: a live twin renews its own.
+    async fn refuse_a_live_twin(&self) -> Result<(), ClusterError> {
+        let key = encode(&self.node);
+        let fresh = |entry: &kv::Entry| {
+            entry.operation == kv::Operation::Put
+                && age_of(entry.created.unix_timestamp_nanos()) <= self.node_timeout
+        };
+        let Ok(Some(seen)) = self.nodes.entry(key.clone()).await else {
+            return Ok(());
+        };
+        if !fresh(&seen) {
+            return Ok(());
+        }
+        tracing::info!(node = %self.node, "cluster: a recent heartbeat has this node's name; waiting one heartbeat to tell whether that node is live");
+        tokio::time::sleep(self.node_timeout / 3 + Duration::from_secs(1)).await;
+        match self.nodes.entry(key).await {
+            Ok(Some(now)) if now.revision != seen.revision && fresh(&now) => {
+                Err(ClusterError::new(
+                    "node",
+                    format!(
+                        "another live node is named {:?}: give every node its own `node`",
+                        self.node
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Deletes the membership keys of `node` (a previous run of this one, or a node gone).
