@@ -17,7 +17,7 @@
 pub mod position;
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +32,7 @@ use herald_connector_api::{
     ClientSession, IdentRequest, OutFrame, Outbox, PeerInfo, Received, SessionHub, Since,
 };
 use serde::Deserialize;
+use tokio::time::{Instant, Sleep};
 
 use position::Positions;
 
@@ -168,6 +169,8 @@ async fn stream(
         positions,
         first: Some(first.freeze()),
         heartbeat: state.config.heartbeat,
+        beat: Box::pin(tokio::time::sleep(state.config.heartbeat)),
+        last_sent: Instant::now(),
         ended: false,
     };
     let chunks = futures_util::stream::unfold(stream, |mut stream| async move {
@@ -199,6 +202,11 @@ struct Stream {
     /// The `ident` message, sent before anything else.
     first: Option<Bytes>,
     heartbeat: Duration,
+    /// Fires at the earliest time a heartbeat may be due. One timer for the stream's life:
+    /// a timer per wake-up cost a timer-wheel insert and remove for every chunk.
+    beat: Pin<Box<Sleep>>,
+    /// When the last chunk went out.
+    last_sent: Instant,
     ended: bool,
 }
 
@@ -214,10 +222,22 @@ impl Stream {
             return None;
         }
         let mut frames: Vec<OutFrame> = Vec::new();
-        let received = tokio::select! {
-            received = self.outbox.recv_many(&mut frames, BATCH) => received,
-            () = tokio::time::sleep(self.heartbeat) => return Some(Bytes::from_static(b":\n\n")),
+        let received = loop {
+            tokio::select! {
+                received = self.outbox.recv_many(&mut frames, BATCH) => break received,
+                () = &mut self.beat => {
+                    let due = self.last_sent + self.heartbeat;
+                    let now = Instant::now();
+                    if now >= due {
+                        self.last_sent = now;
+                        self.beat.as_mut().reset(now + self.heartbeat);
+                        return Some(Bytes::from_static(b":\n\n"));
+                    }
+                    self.beat.as_mut().reset(due);
+                }
+            }
         };
+        self.last_sent = Instant::now();
         let mut chunk = BytesMut::with_capacity(frames.iter().map(|f| f.frame.len() + 64).sum());
         match received {
             Received::Frames(_) => self.write_all(&mut chunk, frames),
@@ -262,14 +282,17 @@ impl Stream {
 fn write_message(chunk: &mut BytesMut, event: &str, id: Option<&Positions>, frame: &[u8]) {
     chunk.put_slice(b"event: ");
     // A control character would end the field (or forge another): it becomes U+FFFD.
-    for c in event.chars() {
-        let c = if c.is_control() { '\u{FFFD}' } else { c };
-        chunk.put_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+    if event.chars().any(char::is_control) {
+        for c in event.chars() {
+            let c = if c.is_control() { '\u{FFFD}' } else { c };
+            chunk.put_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+        }
+    } else {
+        chunk.put_slice(event.as_bytes());
     }
     if let Some(positions) = id {
         chunk.put_slice(b"\nid: ");
-        // Writing into a BytesMut cannot fail.
-        let _ = write!(BytesWriter(chunk), "{positions}");
+        positions.write_to(chunk);
     }
     // Frames are compact JSON, one line; a line break would still only start another
     // `data:` line, never another field.
@@ -278,16 +301,6 @@ fn write_message(chunk: &mut BytesMut, event: &str, id: Option<&Positions>, fram
         chunk.put_slice(line.strip_suffix(b"\r").unwrap_or(line));
     }
     chunk.put_slice(b"\n\n");
-}
-
-/// `fmt::Write` into a `BytesMut`.
-struct BytesWriter<'a>(&'a mut BytesMut);
-
-impl std::fmt::Write for BytesWriter<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.put_slice(s.as_bytes());
-        Ok(())
-    }
 }
 
 fn op_of(frame: &[u8]) -> String {

@@ -7,27 +7,47 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use bytes::BufMut;
 use herald_connector_api::{Identified, Since};
 
-/// Every channel's (offset, epoch), by name.
+/// Every channel's position, by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Positions(BTreeMap<String, (u64, String)>);
+pub struct Positions(BTreeMap<String, Position>);
+
+/// A channel's offset and epoch, and its name as an `id:` writes it (encoded once, not per
+/// event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Position {
+    offset: u64,
+    epoch: String,
+    id_name: String,
+}
 
 impl Positions {
     /// The positions an `ident` reported.
     pub fn from_identified(identified: &Identified) -> Self {
-        Self(
-            identified
-                .channels
-                .iter()
-                .map(|(name, p)| (name.clone(), (p.offset, p.epoch.clone())))
-                .collect(),
-        )
+        let mut positions = Self::default();
+        for (name, p) in &identified.channels {
+            positions.insert(name.clone(), p.offset, p.epoch.clone());
+        }
+        positions
+    }
+
+    fn insert(&mut self, name: String, offset: u64, epoch: String) {
+        let id_name = encode(&name);
+        self.0.insert(
+            name,
+            Position {
+                offset,
+                epoch,
+                id_name,
+            },
+        );
     }
 
     /// Parses a `Last-Event-ID`; `None` when it is not a position list.
     pub fn parse(text: &str) -> Option<Self> {
-        let mut positions = BTreeMap::new();
+        let mut positions = Self::default();
         for item in text.split(',').filter(|i| !i.is_empty()) {
             let (name, rest) = item.split_once('=')?;
             let (offset, epoch) = rest.split_once('~')?;
@@ -38,51 +58,61 @@ impl Positions {
             if name.is_empty() {
                 return None;
             }
-            positions.insert(name, (offset.parse().ok()?, epoch.to_owned()));
+            positions.insert(name, offset.parse().ok()?, epoch.to_owned());
         }
-        Some(Self(positions))
+        Some(positions)
     }
 
     /// The position to recover `channel` after, if known.
     pub fn since(&self, channel: &str) -> Option<Since> {
-        self.0.get(channel).map(|(offset, epoch)| Since {
-            offset: *offset,
-            epoch: Some(epoch.clone()),
-        })
+        self.0.get(channel).map(Position::since)
     }
 
     /// Every known channel and the position to recover it after.
     pub fn iter(&self) -> impl Iterator<Item = (&str, Since)> {
-        self.0.iter().map(|(name, (offset, epoch))| {
-            (
-                name.as_str(),
-                Since {
-                    offset: *offset,
-                    epoch: Some(epoch.clone()),
-                },
-            )
-        })
+        self.0.iter().map(|(name, p)| (name.as_str(), p.since()))
     }
 
     /// Records an event at `offset` in `channel` (a channel not reported at ident is
     /// skipped: without its epoch the position would prove nothing).
     pub fn advance(&mut self, channel: &str, offset: u64) {
         if let Some(position) = self.0.get_mut(channel) {
-            position.0 = offset;
+            position.offset = offset;
+        }
+    }
+
+    /// Writes the list as an `id:` carries it: `chat=42~EPOCH,news=7~EPOCH`. Called for
+    /// every event of an SSE stream, so it writes bytes directly, with no formatter.
+    pub fn write_to(&self, out: &mut impl BufMut) {
+        let mut digits = itoa::Buffer::new();
+        for (i, p) in self.0.values().enumerate() {
+            if i > 0 {
+                out.put_u8(b',');
+            }
+            out.put_slice(p.id_name.as_bytes());
+            out.put_u8(b'=');
+            out.put_slice(digits.format(p.offset).as_bytes());
+            out.put_u8(b'~');
+            out.put_slice(p.epoch.as_bytes());
+        }
+    }
+}
+
+impl Position {
+    fn since(&self) -> Since {
+        Since {
+            offset: self.offset,
+            epoch: Some(self.epoch.clone()),
         }
     }
 }
 
 impl fmt::Display for Positions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, (name, (offset, epoch))) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            encode(name, f)?;
-            write!(f, "={offset}~{epoch}")?;
-        }
-        Ok(())
+        let mut text = Vec::new();
+        self.write_to(&mut text);
+        // Names are percent-encoded to ASCII and epochs are alphanumeric.
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -90,18 +120,17 @@ fn is_plain(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'.' | b'/' | b'@' | b'*')
 }
 
-fn encode(name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    let mut rest = name.as_bytes();
-    while !rest.is_empty() {
-        let plain = rest.iter().take_while(|&&b| is_plain(b)).count();
-        // Plain bytes are ASCII: always UTF-8.
-        f.write_str(std::str::from_utf8(&rest[..plain]).map_err(|_| fmt::Error)?)?;
-        if let Some(b) = rest.get(plain) {
-            write!(f, "%{b:02X}")?;
+/// `name` with every byte outside the plain set percent-encoded.
+fn encode(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for &b in name.as_bytes() {
+        if is_plain(b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
         }
-        rest = rest.get(plain + 1..).unwrap_or_default();
     }
-    Ok(())
+    out
 }
 
 fn decode(text: &str) -> Option<String> {
@@ -137,9 +166,8 @@ mod tests {
         assert_eq!(parsed.since("chat").unwrap().offset, 42);
 
         let mut odd = Positions::default();
-        odd.0
-            .insert("@auth0|x,y=z~w".to_owned(), (3, "E1".to_owned()));
-        odd.0.insert("*".to_owned(), (9, "E2".to_owned()));
+        odd.insert("@auth0|x,y=z~w".to_owned(), 3, "E1".to_owned());
+        odd.insert("*".to_owned(), 9, "E2".to_owned());
         let id = odd.to_string();
         assert_eq!(id, "*=9~E2,@auth0%7Cx%2Cy%3Dz%7Ew=3~E1");
         assert_eq!(Positions::parse(&id).unwrap(), odd);
