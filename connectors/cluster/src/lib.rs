@@ -162,10 +162,10 @@ pub(crate) async fn bucket(
         ..Default::default()
     })
     .await
-    .map_err(|e| ClusterError::new("presence", e))?;
-    js.get_key_value(bucket)
+    .map_err(|e| ClusterError::new("bucket", format!("{bucket}: {e}")))?;
+    js.get_key_value(&bucket)
         .await
-        .map_err(|e| ClusterError::new("presence", e))
+        .map_err(|e| ClusterError::new("bucket", format!("{bucket}: {e}")))
 }
 
 /// A node's engine: the log, presence and admin commands, on one NATS connection.
