@@ -1,6 +1,7 @@
 //! What publishers and the admin API ask of the hub: publish, presence, history, disconnect,
 //! blocks and revocations.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -240,7 +241,7 @@ impl Gateway for Hub {
 
     fn channels(&self) -> Vec<ChannelSummary> {
         let arcs: Vec<_> = self.0.channels.iter().map(|c| c.clone()).collect();
-        let mut out: Vec<ChannelSummary> = arcs
+        let mut counts: BTreeMap<String, usize> = arcs
             .iter()
             .map(|arc| {
                 let c = arc.lock();
@@ -250,14 +251,20 @@ impl Gateway for Hub {
                     }
                     _ => c.members.len(),
                 };
-                ChannelSummary {
-                    channel: c.name.to_string(),
-                    members,
-                }
+                (c.name.to_string(), members)
             })
             .collect();
-        out.sort_by(|a, b| a.channel.cmp(&b.channel));
-        out
+        // On a cluster, a channel counts its members on every node, and one with members
+        // only elsewhere is listed too.
+        if let Some(log) = self.log() {
+            for (channel, members) in log.engine.remote_channels() {
+                *counts.entry(channel).or_default() += members;
+            }
+        }
+        counts
+            .into_iter()
+            .map(|(channel, members)| ChannelSummary { channel, members })
+            .collect()
     }
 
     fn presence(&self, channel: &ChannelName) -> Vec<Member> {

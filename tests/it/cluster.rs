@@ -632,6 +632,18 @@ async fn admin_calls_count_every_node_and_bans_reach_a_node_that_starts_later() 
     // `*` lists the identified connections of every node.
     wait_members(&n1, "*", 3).await;
     wait_members(&n2, "*", 3).await;
+    // So do the channel counts, with channels that have members on another node only.
+    let (_dave, _) = member(&n2, "dave", json!({"only-on-n2": {}})).await;
+    wait_members(&n1, "only-on-n2", 1).await;
+    let (_, channels) = n1.get("/api/channels").await;
+    let count = |name: &str| {
+        channels
+            .as_array()
+            .and_then(|all| all.iter().find(|c| c["channel"] == name))
+            .and_then(|c| c["members"].as_u64())
+    };
+    assert_eq!(count("only-on-n2"), Some(1), "{channels}");
+    assert_eq!(count("*"), Some(4), "{channels}");
 
     let (status, body) = n1
         .post("/api/disconnect", &json!({"user": "auth0|alice"}))
@@ -643,7 +655,7 @@ async fn admin_calls_count_every_node_and_bans_reach_a_node_that_starts_later() 
     );
     assert_eq!(disconnect_code(&mut alice1).await, 4101);
     assert_eq!(disconnect_code(&mut alice2).await, 4101);
-    wait_members(&n1, "*", 1).await;
+    wait_members(&n1, "*", 2).await;
 
     let (status, body) = n1.post("/api/users/bob/block", &json!({})).await;
     assert_eq!(

@@ -133,6 +133,8 @@ pub trait ClusterLog: Send + Sync + 'static {
     fn membership(&self, channel: &str, member: &Member, joined: bool);
     /// Members of `channel` on the other live nodes.
     fn remote_members(&self, channel: &str) -> Vec<Member>;
+    /// Every channel with members on the other live nodes, and how many there are.
+    fn remote_channels(&self) -> Vec<(String, usize)>;
     /// Sends `command` to every other live node; answers how many connections they acted on
     /// (those that answered in time).
     fn broadcast(&self, command: AdminCommand) -> LogFuture<usize>;

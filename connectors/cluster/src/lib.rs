@@ -263,6 +263,10 @@ impl ClusterLog for Engine {
         self.presence.remote_members(channel)
     }
 
+    fn remote_channels(&self) -> Vec<(String, usize)> {
+        self.presence.remote_channels()
+    }
+
     fn broadcast(&self, command: AdminCommand) -> LogFuture<usize> {
         let others = self.presence.nodes().len().saturating_sub(1);
         self.admin.send(&command, others)

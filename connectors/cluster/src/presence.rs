@@ -211,6 +211,22 @@ impl Presence {
             .unwrap_or_default()
     }
 
+    /// Every channel with members on the other live nodes, and how many.
+    pub fn remote_channels(&self) -> Vec<(String, usize)> {
+        let view = self.view.lock();
+        view.members
+            .iter()
+            .map(|(channel, members)| {
+                let live = members
+                    .values()
+                    .filter(|m| view.nodes.contains_key(&m.node))
+                    .count();
+                (channel.clone(), live)
+            })
+            .filter(|(_, live)| *live > 0)
+            .collect()
+    }
+
     /// The live nodes, this one first.
     pub fn nodes(&self) -> Vec<NodeInfo> {
         let here = NodeInfo {
