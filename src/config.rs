@@ -161,6 +161,9 @@ pub struct Cli {
     /// A connection silent (no message, no pong) this long is closed [default: 60s].
     #[arg(long, env = "HERALD_IDLE_TIMEOUT", value_name = "DURATION")]
     pub idle_timeout: Option<String>,
+    /// A WebSocket write the client does not take this long ends it with 4102 [default: 10s].
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT", value_name = "DURATION")]
+    pub write_timeout: Option<String>,
     /// Largest client message in bytes; larger ends the connection with 4009 [default: 65536].
     #[arg(long, env = "HERALD_MAX_MESSAGE_SIZE", value_name = "BYTES")]
     pub max_message_size: Option<usize>,
@@ -302,6 +305,7 @@ struct FileConfig {
     history_ttl: Option<String>,
     ping_interval: Option<String>,
     idle_timeout: Option<String>,
+    write_timeout: Option<String>,
     max_message_size: Option<usize>,
     client_queue: Option<usize>,
     client_queue_bytes: Option<usize>,
@@ -460,6 +464,8 @@ pub struct Config {
     pub ping_interval: Duration,
     /// Idle timeout.
     pub idle_timeout: Duration,
+    /// How long a WebSocket write may wait for the client to read.
+    pub write_timeout: Duration,
     /// Largest client message.
     pub max_message_size: usize,
     /// Outbound queue per connection, in frames.
@@ -876,6 +882,11 @@ impl Config {
                 "idle_timeout",
                 cli.idle_timeout.or(file.idle_timeout),
                 "60s",
+            ),
+            write_timeout: p.duration(
+                "write_timeout",
+                cli.write_timeout.or(file.write_timeout),
+                "10s",
             ),
             max_message_size: p.positive(
                 "max_message_size",

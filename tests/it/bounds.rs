@@ -566,3 +566,46 @@ async fn right_after_a_start_new_connections_are_admitted_gradually() {
         .contains(r#"herald_limit_hits_total{limit="accept_ramp"}"#));
     gw.stop().await;
 }
+
+/// A client that stops reading with little queued (below every queue bound) still blocks
+/// the socket: the write that waits longer than `write_timeout` ends it.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_at_the_write_timeout_below_its_queue_bounds() {
+    let gw = start(&[
+        "--write-timeout",
+        "1s",
+        "--idle-timeout",
+        "600s",
+        "--client-queue-bytes",
+        "200000000",
+    ])
+    .await;
+    let mut deaf = Client::connect_small_buffer(gw.addr).await;
+    let reply = deaf
+        .request(json!({"op": "ident", "token": gw.token("deaf", None), "channels": {"room": {}}}))
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    // More than the kernel's buffers hold, far less than the queue's bounds.
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        gw.publish(json!({"event": "e", "channels": ["room"], "data": "x".repeat(500_000)}))
+            .await;
+    }
+    let deadline = started + Duration::from_secs(15);
+    loop {
+        let (_, presence) = gw.get("/api/channels/room/presence").await;
+        if presence["members"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still connected: {presence}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "never-reading client with 10 MB queued for it: cut {:?} after the first publish",
+        started.elapsed()
+    );
+    drop(deaf);
+}

@@ -54,6 +54,9 @@ pub struct WsConfig {
     pub ping_interval: Duration,
     /// A connection silent for this long (no message, no pong) is closed.
     pub idle_timeout: Duration,
+    /// A write the client does not take within this long ends the connection with 4102: it
+    /// stopped reading.
+    pub write_timeout: Duration,
 }
 
 /// What the `/ws` route needs.
@@ -138,7 +141,7 @@ async fn serve(
             received = outbox.recv_many(&mut batch, MAX_BATCH_FRAMES) => match received {
                 Received::Frames(_) => {
                     let sent = send_frames(&mut socket, &mut batch);
-                    if let Err(end) = guarded(sent, &mut outbox, &mut ping, last_heard, config.idle_timeout).await {
+                    if let Err(end) = guarded(sent, &mut outbox, &mut ping, last_heard, &config).await {
                         break end;
                     }
                 }
@@ -179,7 +182,7 @@ async fn serve(
                     break End::Idle;
                 }
                 let sent = socket.send(Message::Ping(Bytes::new()));
-                if let Err(end) = guarded(sent, &mut outbox, &mut ping, last_heard, config.idle_timeout).await {
+                if let Err(end) = guarded(sent, &mut outbox, &mut ping, last_heard, &config).await {
                     break end;
                 }
             }
@@ -244,14 +247,15 @@ fn close(code: u16, reason: &str) -> Message {
 }
 
 /// Waits for a write unless the connection ends first or the write stays blocked past the
-/// idle timeout: a client that stopped reading blocks writes for good, and the writer must
+/// write timeout (or the idle timeout): a client that stopped reading blocks writes for good,
+/// and while a write waits nothing is read from it, so the writer must end it itself, and
 /// still see the core's disconnect (4102, 4100 …) and notice a dead peer.
 async fn guarded(
     send: impl Future<Output = Result<(), axum::Error>>,
     outbox: &mut Outbox,
     ping: &mut tokio::time::Interval,
     last_heard: Instant,
-    idle_timeout: Duration,
+    config: &WsConfig,
 ) -> Result<(), End> {
     tokio::pin!(send);
     // Nearly every write completes at once; only a blocked one needs the other watches.
@@ -259,12 +263,19 @@ async fn guarded(
     if let Poll::Ready(sent) = first {
         return sent.map_err(|_| End::Gone);
     }
+    let stalled = tokio::time::sleep(config.write_timeout);
+    tokio::pin!(stalled);
     loop {
         tokio::select! {
             biased;
             disconnect = outbox.ended() => return Err(End::Disconnect(disconnect)),
             sent = &mut send => return sent.map_err(|_| End::Gone),
-            _ = ping.tick() => if last_heard.elapsed() > idle_timeout {
+            () = &mut stalled => return Err(End::Disconnect(Disconnect::new(
+                4102,
+                "too slow: a write was not taken within write_timeout",
+                true,
+            ))),
+            _ = ping.tick() => if last_heard.elapsed() > config.idle_timeout {
                 return Err(End::Idle);
             },
         }
