@@ -443,7 +443,7 @@ impl Hub {
             }
         }
         if conn.in_broadcast() {
-            self.tell_cluster_membership(ChannelName::broadcast().as_str(), conn, false);
+            self.tell_cluster_membership(herald_connector_api::channel::BROADCAST, conn, false);
         }
         self.activity(ActivityKind::Disconnect, conn, None, None);
     }

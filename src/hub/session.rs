@@ -398,8 +398,11 @@ impl Ops {
         // and broadcasts reach this connection only from here on.
         self.reply_with_backlog(reply_id, &identified, recovered_frames);
         self.conn.join_broadcast();
-        self.hub
-            .tell_cluster_membership(ChannelName::broadcast().as_str(), &self.conn, true);
+        self.hub.tell_cluster_membership(
+            herald_connector_api::channel::BROADCAST,
+            &self.conn,
+            true,
+        );
         drop(channels);
         self.hub
             .activity(ActivityKind::Connect, &self.conn, None, None);
