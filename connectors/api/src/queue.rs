@@ -251,9 +251,8 @@ impl State {
     /// event was). Returns how many it dropped, or `None` when what is left cannot make
     /// room (the caller cuts the connection then, as without a policy).
     fn drop_oldest(&mut self, limits: &OutboxLimits, len: usize) -> Option<usize> {
-        let fits = |live: Usage| live.frames < limits.frames && live.bytes + len <= limits.bytes;
         let mut dropped = 0;
-        while !fits(self.live) {
+        while full(self.live, limits, len).is_some() {
             let at = self.items.iter().position(droppable)?;
             let item = self.items.remove(at)?;
             self.live.remove(item.out.frame.len());
@@ -299,6 +298,18 @@ impl State {
         self.items.clear();
         self.live = Usage::default();
         self.backlog = Usage::default();
+    }
+}
+
+/// Which bound a live frame of `len` bytes would pass, if any. A lone frame larger than the
+/// byte bound is still taken: a connection must be able to receive one.
+fn full(live: Usage, limits: &OutboxLimits, len: usize) -> Option<QueueError> {
+    if live.frames >= limits.frames {
+        Some(QueueError::FullFrames)
+    } else if live.frames > 0 && live.bytes + len > limits.bytes {
+        Some(QueueError::FullBytes)
+    } else {
+        None
     }
 }
 
@@ -368,15 +379,8 @@ impl FrameSender {
             }
             let limits = &self.0.limits;
             let len = out.frame.len();
-            let full = if state.live.frames >= limits.frames {
-                Some(QueueError::FullFrames)
-            } else if state.live.frames > 0 && state.live.bytes + len > limits.bytes {
-                Some(QueueError::FullBytes)
-            } else {
-                None
-            };
             let mut sent = Sent::Queued;
-            if let Some(full) = full {
+            if let Some(full) = full(state.live, limits, len) {
                 let dropping = tag
                     .as_ref()
                     .is_some_and(|t| t.policy == Backpressure::DropOldest);
