@@ -141,21 +141,19 @@ impl Admin {
         let Some((key, lift)) = ban_key(command) else {
             return;
         };
-        let kept = if lift {
-            self.bans.delete(&key).await.map_err(|e| e.to_string())
+        let value = if lift {
+            None
         } else {
             let command = self.latest_cut_off(&key, command).await;
             match serde_json::to_vec(&command) {
-                Ok(value) => self
-                    .bans
-                    .put(&key, value.into())
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+                Ok(value) => Some(value.into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, ?command, "cluster: a ban could not be written down");
+                    return;
+                }
             }
         };
-        if let Err(e) = kept {
+        if let Err(e) = crate::put_or_delete(&self.bans, &key, value).await {
             tracing::warn!(error = %e, ?command, "cluster: a ban was not kept for nodes that start later");
         }
     }

@@ -168,6 +168,22 @@ pub(crate) async fn bucket(
         .map_err(|e| ClusterError::new("bucket", format!("{bucket}: {e}")))
 }
 
+/// Puts `value` under `key` in `store`, or deletes the key when there is no value.
+pub(crate) async fn put_or_delete(
+    store: &kv::Store,
+    key: &str,
+    value: Option<bytes::Bytes>,
+) -> Result<(), String> {
+    match value {
+        Some(value) => store
+            .put(key, value)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        None => store.delete(key).await.map_err(|e| e.to_string()),
+    }
+}
+
 /// A node's engine: the log, presence and admin commands, on one NATS connection.
 pub struct Engine {
     log: log::Log,

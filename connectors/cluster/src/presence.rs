@@ -299,15 +299,7 @@ impl Presence {
 
     /// Puts a membership (`user` given) or deletes it.
     async fn write_one(&self, key: String, user: Option<String>) -> Result<(), String> {
-        match user {
-            Some(user) => self
-                .members
-                .put(&key, user.into())
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string()),
-            None => self.members.delete(&key).await.map_err(|e| e.to_string()),
-        }
+        crate::put_or_delete(&self.members, &key, user.map(Into::into)).await
     }
 
     async fn heartbeat(self: Arc<Self>, shutdown: CancellationToken) {
