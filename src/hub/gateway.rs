@@ -323,16 +323,11 @@ impl Gateway for Hub {
     }
 
     fn block(&self, user: &str, until: Option<SystemTime>) -> Acting<Result<usize, AtCapacity>> {
-        let here = match self.block_here(user, until) {
-            Ok(here) => here,
-            Err(full) => return Box::pin(std::future::ready(Err(full))),
-        };
-        let command = AdminCommand::Block {
+        let here = self.block_here(user, until);
+        self.with_cluster_if_ok(here, || AdminCommand::Block {
             user: user.to_owned(),
             until_ms: until.map(unix_ms),
-        };
-        let acting = self.with_cluster(here, command);
-        Box::pin(async move { Ok(acting.await) })
+        })
     }
 
     fn unblock(&self, user: &str) -> Acting<bool> {
@@ -345,11 +340,8 @@ impl Gateway for Hub {
     }
 
     fn revoke(&self, revocation: Revocation) -> Acting<Result<usize, AtCapacity>> {
-        let here = match self.revoke_here(&revocation) {
-            Ok(here) => here,
-            Err(full) => return Box::pin(std::future::ready(Err(full))),
-        };
-        let command = match revocation {
+        let here = self.revoke_here(&revocation);
+        self.with_cluster_if_ok(here, || match revocation {
             // Dated here, so that nodes that start later forget it when this one does.
             Revocation::Jti { jti, until } => AdminCommand::RevokeJti {
                 jti,
@@ -361,9 +353,7 @@ impl Gateway for Hub {
                 user,
                 before_ms: unix_ms(before),
             },
-        };
-        let acting = self.with_cluster(here, command);
-        Box::pin(async move { Ok(acting.await) })
+        })
     }
 
     fn unsubscribe(&self, name: &ChannelName, target: Target) -> Acting<usize> {

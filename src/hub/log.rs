@@ -227,6 +227,22 @@ impl Hub {
         log.engine.membership(channel, &member, joined);
     }
 
+    /// As [`Self::with_cluster`] once this node took the command (`here` is `Ok`); a
+    /// refusal here is the answer, and the other nodes are not asked.
+    pub(super) fn with_cluster_if_ok(
+        &self,
+        here: Result<usize, AtCapacity>,
+        command: impl FnOnce() -> AdminCommand,
+    ) -> Acting<Result<usize, AtCapacity>> {
+        match here {
+            Ok(here) => {
+                let acting = self.with_cluster(here, command());
+                Box::pin(async move { Ok(acting.await) })
+            }
+            Err(full) => Box::pin(std::future::ready(Err(full))),
+        }
+    }
+
     /// Adds what the other nodes did with `command` to what this node did (`here`).
     pub(super) fn with_cluster(&self, here: usize, command: AdminCommand) -> Acting<usize> {
         let Some(log) = self.log() else {
