@@ -91,11 +91,20 @@ async fn upgrade(
         }
     };
     let config = state.config.clone();
-    // tungstenite's defaults are 64 MiB messages and an unbounded write buffer. It may read a
-    // few times past our limit so that an oversized message is read whole and answered with
-    // 4009 and a clean close, instead of a reset with its tail unread; past that, the 4009
-    // frame is still sent but the close may be lost. A small read buffer keeps idle
-    // connections cheap.
+    limited(ws, &config).on_upgrade(move |socket| {
+        state
+            .tracker
+            .track_future(serve(socket, session, outbox, config))
+    })
+}
+
+/// The upgrade with Herald's limits in place of tungstenite's defaults (64 MiB messages and an
+/// unbounded write buffer).
+fn limited(ws: WebSocketUpgrade, config: &WsConfig) -> WebSocketUpgrade {
+    // tungstenite may read a few times past our limit so that an oversized message is read
+    // whole and answered with 4009 and a clean close, instead of a reset with its tail unread;
+    // past that, the 4009 frame is still sent but the close may be lost. A small read buffer
+    // keeps idle connections cheap.
     let read_limit = config
         .max_message_size
         .saturating_mul(4)
@@ -105,11 +114,6 @@ async fn upgrade(
         .read_buffer_size(READ_BUFFER_SIZE)
         .write_buffer_size(0)
         .max_write_buffer_size(config.max_write_buffer)
-        .on_upgrade(move |socket| {
-            state
-                .tracker
-                .track_future(serve(socket, session, outbox, config))
-        })
 }
 
 /// How the connection loop ended.
@@ -168,13 +172,7 @@ async fn serve(
                 Some(Ok(Message::Close(_))) | None => break End::Gone,
                 Some(Err(err)) => {
                     tracing::debug!(conn = session.conn_id(), error = %err, "websocket read failed");
-                    if let Some((code, why)) = violation(&err) {
-                        break End::Failed(code, why);
-                    }
-                    if is_too_large(&err) {
-                        break End::Disconnect(Disconnect::new(4009, "frame too large", true));
-                    }
-                    break End::Gone;
+                    break read_failed(&err);
                 }
             },
             _ = ping.tick() => {
@@ -320,6 +318,17 @@ pub fn next_message(batch: &mut Vec<Bytes>) -> Message {
     Message::Text(Utf8Bytes::try_from(bytes).unwrap_or_default())
 }
 
+/// How a read error ends the connection.
+fn read_failed(err: &axum::Error) -> End {
+    if let Some((code, why)) = violation(err) {
+        End::Failed(code, why)
+    } else if is_too_large(err) {
+        End::Disconnect(Disconnect::new(4009, "frame too large", true))
+    } else {
+        End::Gone
+    }
+}
+
 /// The close code for a read error that is the client's breach of RFC 6455, if it is one.
 /// axum does not expose tungstenite's error type, so its text is what there is to go on.
 fn violation(err: &axum::Error) -> Option<(u16, &'static str)> {
@@ -338,6 +347,9 @@ fn is_too_large(err: &axum::Error) -> bool {
     let text = err.to_string();
     text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
 }
+
+#[cfg(test)]
+mod autobahn;
 
 #[cfg(test)]
 mod tests {
