@@ -31,12 +31,14 @@ pub mod pattern;
 pub mod peer;
 pub mod tls;
 pub mod tls_reload;
+pub mod write_deadline;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::accept::FirstByteDeadline;
+use crate::write_deadline::WriteDeadline;
 
 use herald_connector_http::ApiState;
 use herald_connector_longpoll::LongPollState;
@@ -226,7 +228,6 @@ pub fn prepare(config: Config, listener: std::net::TcpListener) -> Result<Prepar
             max_write_buffer: (config.max_message_size * 4).max(1 << 20),
             ping_interval: config.ping_interval,
             idle_timeout: config.idle_timeout,
-            write_timeout: config.write_timeout,
         }),
         tracker: tracker.clone(),
     });
@@ -314,7 +315,12 @@ impl Prepared {
         let server = axum_server::from_tcp(listener)?.handle(handle.clone());
         // Events are small frames written as they happen: with Nagle's algorithm on, one
         // waits for the ACK of the previous, which the client may delay by up to 40 ms.
-        let nodelay = axum_server::accept::NoDelayAcceptor::new();
+        // The write deadline sits under TLS, so that TLS records a client does not take count.
+        let tcp = WriteDeadline::new(
+            axum_server::accept::NoDelayAcceptor::new(),
+            config.write_timeout,
+            hub.metrics().clone(),
+        );
         let header_timeout = config.header_timeout;
         let mut reloadable = None;
         let mut server = match tls {
@@ -323,7 +329,7 @@ impl Prepared {
                 reloadable = config.tls.clone().map(|source| (rustls.clone(), source));
                 let tls = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
                     .handshake_timeout(config.tls_handshake_timeout)
-                    .acceptor(nodelay);
+                    .acceptor(tcp);
                 let server = server.acceptor(FirstByteDeadline::new(
                     tls,
                     header_timeout,
@@ -333,7 +339,7 @@ impl Prepared {
             }
             None => {
                 let server = server.acceptor(FirstByteDeadline::new(
-                    nodelay,
+                    tcp,
                     header_timeout,
                     hub.metrics().clone(),
                 ));

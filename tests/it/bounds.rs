@@ -609,3 +609,117 @@ async fn a_client_that_stops_reading_is_cut_at_the_write_timeout_below_its_queue
     );
     drop(deaf);
 }
+
+/// A raw socket that takes little: its receive buffer is 4 KiB and nothing reads it.
+async fn deaf_socket(addr: std::net::SocketAddr, request: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Whether the server closed `stream`: reads what it sent until the end, or gives up after
+/// `within` (the connection is still open).
+async fn closed_by_server(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut sink = vec![0u8; 1 << 16];
+    let read_all = async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, read_all).await.is_ok()
+}
+
+/// The same rule for SSE, whose writes hyper makes: a stream nobody reads is cut at
+/// `write_timeout` and leaves its channels, though its queue is far below every bound.
+#[tokio::test]
+async fn an_sse_stream_nobody_reads_is_cut_at_the_write_timeout() {
+    let gw = start(&["--write-timeout", "1s", "--client-queue-bytes", "200000000"]).await;
+    let request = format!(
+        "GET /sse?channels=room&token={} HTTP/1.1\r\nHost: x\r\n\r\n",
+        gw.token("deaf", None)
+    );
+    let mut deaf = deaf_socket(gw.addr, &request).await;
+    let members = |presence: &Value| presence["members"].as_array().map_or(0, Vec::len);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while members(&gw.get("/api/channels/room/presence").await.1) == 0 {
+        assert!(std::time::Instant::now() < deadline, "never joined");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        gw.publish(json!({"event": "e", "channels": ["room"], "data": "x".repeat(500_000)}))
+            .await;
+    }
+    while members(&gw.get("/api/channels/room/presence").await.1) > 0 {
+        assert!(std::time::Instant::now() < deadline, "still connected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "unread SSE stream with 10 MB queued for it: cut {:?} after the first publish",
+        started.elapsed()
+    );
+    assert!(closed_by_server(&mut deaf, Duration::from_secs(10)).await);
+    assert!(gw
+        .metrics()
+        .await
+        .contains(r#"herald_limit_hits_total{limit="write_timeout"}"#));
+    gw.stop().await;
+}
+
+/// A long-poll response the client does not take is cut at `write_timeout`; nothing in it
+/// was acknowledged, so the next poll gets all of it.
+#[tokio::test]
+async fn a_long_poll_response_nobody_reads_is_cut_and_sent_again_by_the_next_poll() {
+    let gw = start(&["--write-timeout", "1s", "--client-queue-bytes", "200000000"]).await;
+    let mut lp = gw.longpoll().await;
+    let reply = lp
+        .request(json!({"op": "ident", "token": gw.token("slow", None)}))
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let acked = lp.ack;
+    for i in 0..20 {
+        gw.publish(json!({"event": "e", "users": ["slow"], "data": format!("{i}:{}", "x".repeat(500_000))}))
+            .await;
+    }
+    let request = format!(
+        "GET /lp/poll?sid={}&ack={acked} HTTP/1.1\r\nHost: x\r\n\r\n",
+        lp.sid
+    );
+    let mut deaf = deaf_socket(gw.addr, &request).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        closed_by_server(&mut deaf, Duration::from_secs(10)).await,
+        "the response that waited on a full socket was cut"
+    );
+    // The un-acked buffer holds a few MB, so the 20 frames take a few polls.
+    let mut data = Vec::new();
+    let mut ack = acked;
+    let mut polls = 0;
+    while data.len() < 20 && polls < 10 {
+        let (status, frames) = lp.poll_raw(ack).await;
+        assert_eq!(status, 200, "{frames}");
+        polls += 1;
+        for item in frames.as_array().unwrap() {
+            ack = item["seq"].as_u64().unwrap();
+            let text = item["frame"]["data"].as_str().unwrap_or_default();
+            data.push(text.split(':').next().unwrap_or_default().to_owned());
+        }
+    }
+    let expected: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    println!(
+        "cut poll response: {polls} more polls got {} of 20 frames",
+        data.len()
+    );
+    assert_eq!(data, expected, "every frame, in order, once");
+    assert!(gw
+        .metrics()
+        .await
+        .contains(r#"herald_limit_hits_total{limit="write_timeout"}"#));
+    gw.stop().await;
+}

@@ -26,7 +26,6 @@ fn suite_config() -> WsConfig {
         max_write_buffer: 64 << 20,
         ping_interval: Duration::from_secs(25),
         idle_timeout: Duration::from_secs(60),
-        write_timeout: Duration::from_secs(10),
     }
 }
 

@@ -54,9 +54,6 @@ pub struct WsConfig {
     pub ping_interval: Duration,
     /// A connection silent for this long (no message, no pong) is closed.
     pub idle_timeout: Duration,
-    /// A write the client does not take within this long ends the connection with 4102: it
-    /// stopped reading.
-    pub write_timeout: Duration,
 }
 
 /// What the `/ws` route needs.
@@ -244,10 +241,10 @@ fn close(code: u16, reason: &str) -> Message {
     }))
 }
 
-/// Waits for a write unless the connection ends first or the write stays blocked past the
-/// write timeout (or the idle timeout): a client that stopped reading blocks writes for good,
-/// and while a write waits nothing is read from it, so the writer must end it itself, and
-/// still see the core's disconnect (4102, 4100 …) and notice a dead peer.
+/// Waits for a write unless the connection ends first: while a write waits nothing is read,
+/// so the writer must still see the core's disconnect (4102, 4100 …) and notice a dead peer.
+/// A client that stopped reading blocks writes for good; the stream under the WebSocket
+/// fails such a write after `write_timeout` (`TimedOut`), which ends the connection with 4102.
 async fn guarded(
     send: impl Future<Output = Result<(), axum::Error>>,
     outbox: &mut Outbox,
@@ -259,25 +256,37 @@ async fn guarded(
     // Nearly every write completes at once; only a blocked one needs the other watches.
     let first = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await;
     if let Poll::Ready(sent) = first {
-        return sent.map_err(|_| End::Gone);
+        return sent.map_err(|err| write_failed(&err));
     }
-    let stalled = tokio::time::sleep(config.write_timeout);
-    tokio::pin!(stalled);
     loop {
         tokio::select! {
             biased;
             disconnect = outbox.ended() => return Err(End::Disconnect(disconnect)),
-            sent = &mut send => return sent.map_err(|_| End::Gone),
-            () = &mut stalled => return Err(End::Disconnect(Disconnect::new(
-                4102,
-                "too slow: a write was not taken within write_timeout",
-                true,
-            ))),
+            sent = &mut send => return sent.map_err(|err| write_failed(&err)),
             _ = ping.tick() => if last_heard.elapsed() > config.idle_timeout {
                 return Err(End::Idle);
             },
         }
     }
+}
+
+/// How a write error ends the connection: a write that timed out is a client too slow (4102).
+fn write_failed(err: &axum::Error) -> End {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return End::Disconnect(Disconnect::new(
+                4102,
+                "too slow: a write was not taken within write_timeout",
+                true,
+            ));
+        }
+        source = cause.source();
+    }
+    End::Gone
 }
 
 /// Sends `batch` as `\n`-separated text messages of at most [`MAX_BATCH_BYTES`] each (or one
