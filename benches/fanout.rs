@@ -4,6 +4,9 @@
 //! - `event`: serializing an event once (the shared prefix) and a frame from it (with `via`);
 //! - `compact`: making a payload safe for `\n`-separated frames, compact and pretty-printed;
 //! - `batch`: joining queued frames into one WebSocket message (elements = frames);
+//! - `deflate`: permessage-deflate of one event and of a full 16 KiB batch of chat events,
+//!   without context takeover (the default) and with it (throughput = bytes before
+//!   compression; the compressed sizes are printed);
 //! - `registry`: a connection joining and leaving a channel that has 10,000 members.
 //!
 //! Run with `cargo bench --bench fanout`.
@@ -185,6 +188,60 @@ fn frame_batching(c: &mut Criterion) {
     group.finish();
 }
 
+fn deflate(c: &mut Criterion) {
+    use herald_connector_ws::{Compressor, Deflate};
+    use tokio_tungstenite::tungstenite::Message;
+    let chat = ChannelName::parse("chat").expect("name");
+    let words = [
+        "hello", "anyone", "around", "tonight", "for", "the", "release", "notes", "?",
+    ];
+    let frames: Vec<Bytes> = (0..200u64)
+        .map(|i| {
+            let text: Vec<&str> = (0..6)
+                .map(|w| words[(i as usize * 7 + w * 3) % words.len()])
+                .collect();
+            let data: CompactJson = serde_json::from_value(serde_json::json!({
+                "id": format!("msg_{:08x}", i * 2654435761 % 4294967296),
+                "user": format!("auth0|{:024x}", i * 40503),
+                "text": text.join(" "),
+                "ts": 1_764_600_000_000u64 + i * 1733,
+            }))
+            .expect("json");
+            EventBody::new("MESSAGE:NEW", &data, None).frame([(&chat, i + 1)])
+        })
+        .collect();
+    let one = frames[0].clone();
+    let batch = herald_connector_ws::next_message(&mut frames.clone());
+    let mut group = c.benchmark_group("deflate");
+    for takeover in [false, true] {
+        let agreed = Deflate {
+            server_takeover: takeover,
+            client_takeover: takeover,
+        };
+        let mode = if takeover {
+            "context_takeover"
+        } else {
+            "no_context_takeover"
+        };
+        for (name, text) in [("one_event", &one), ("16KiB_batch", &batch)] {
+            let mut compressor = Compressor::new(&agreed);
+            let wire = match compressor.text(text.clone()) {
+                Message::Frame(frame) => frame.payload().len(),
+                other => other.len(),
+            };
+            println!(
+                "deflate {mode} {name}: {} bytes -> {wire} on the wire",
+                text.len()
+            );
+            group.throughput(Throughput::Bytes(text.len() as u64));
+            group.bench_function(format!("{mode}/{name}"), |b| {
+                b.iter(|| std::hint::black_box(compressor.text(text.clone())))
+            });
+        }
+    }
+    group.finish();
+}
+
 fn registry_join_leave(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let _guard = runtime.enter();
@@ -208,6 +265,6 @@ fn registry_join_leave(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(5));
-    targets = fan_out, event_serialization, data_compaction, frame_batching, registry_join_leave
+    targets = fan_out, event_serialization, data_compaction, frame_batching, deflate, registry_join_leave
 }
 criterion_main!(benches);

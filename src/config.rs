@@ -99,6 +99,13 @@ pub struct Cli {
     /// Accept `ident` without a token.
     #[arg(long, env = "HERALD_ALLOW_ANONYMOUS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub allow_anonymous: Option<bool>,
+    /// Offer permessage-deflate to WebSocket clients.
+    #[arg(long, env = "HERALD_WS_COMPRESSION", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub ws_compression: Option<bool>,
+    /// With `ws_compression`: keep compression contexts between messages (better ratios,
+    /// some 300 KiB per connection).
+    #[arg(long, env = "HERALD_WS_CONTEXT_TAKEOVER", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub ws_context_takeover: Option<bool>,
     /// How long a connection may stay unidentified [default: 10s].
     #[arg(long, env = "HERALD_AUTH_TIMEOUT", value_name = "DURATION")]
     pub auth_timeout: Option<String>,
@@ -295,6 +302,8 @@ struct FileConfig {
     jwt_issuer: Option<String>,
     jwt_require_exp: Option<bool>,
     allow_anonymous: Option<bool>,
+    ws_compression: Option<bool>,
+    ws_context_takeover: Option<bool>,
     auth_timeout: Option<String>,
     cors_origins: Option<Vec<String>>,
     trusted_proxies: Option<Vec<String>>,
@@ -464,8 +473,10 @@ pub struct Config {
     pub ping_interval: Duration,
     /// Idle timeout.
     pub idle_timeout: Duration,
-    /// How long a WebSocket write may wait for the client to read.
+    /// How long a write may wait for the client to read.
     pub write_timeout: Duration,
+    /// permessage-deflate for WebSocket clients.
+    pub ws_compression: herald_connector_ws::CompressionSettings,
     /// Largest client message.
     pub max_message_size: usize,
     /// Outbound queue per connection, in frames.
@@ -854,6 +865,13 @@ impl Config {
                 .allow_anonymous
                 .or(file.allow_anonymous)
                 .unwrap_or(false),
+            ws_compression: herald_connector_ws::CompressionSettings {
+                enabled: cli.ws_compression.or(file.ws_compression).unwrap_or(false),
+                context_takeover: cli
+                    .ws_context_takeover
+                    .or(file.ws_context_takeover)
+                    .unwrap_or(false),
+            },
             auth_timeout: p.duration(
                 "auth_timeout",
                 cli.auth_timeout.or(file.auth_timeout),

@@ -228,6 +228,7 @@ pub fn prepare(config: Config, listener: std::net::TcpListener) -> Result<Prepar
             max_write_buffer: (config.max_message_size * 4).max(1 << 20),
             ping_interval: config.ping_interval,
             idle_timeout: config.idle_timeout,
+            compression: config.ws_compression,
         }),
         tracker: tracker.clone(),
     });

@@ -10,6 +10,14 @@ use std::process::Command;
 fn licenses_bans_and_sources_pass_cargo_deny() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     crate::support::ensure_cargo_tool("deny");
+    // cargo deny reads the metadata of every platform's crates, and a build fetches only
+    // this platform's (a fresh machine has no `windows-sys` sources, say).
+    let fetched = Command::new("cargo")
+        .current_dir(root)
+        .arg("fetch")
+        .status()
+        .expect("cargo fetch");
+    assert!(fetched.success(), "cargo fetch failed: {fetched}");
     let output = Command::new("cargo")
         .current_dir(root)
         .args(["deny", "--offline", "check", "--show-stats"])

@@ -11,10 +11,15 @@ use crate::support::{start, Gateway};
 
 /// A socket past the opening handshake.
 async fn upgraded(gw: &Gateway) -> TcpStream {
+    upgraded_with(gw, "").await.0
+}
+
+/// A socket past an opening handshake with `extra` header lines, and the server's answer.
+async fn upgraded_with(gw: &Gateway, extra: &str) -> (TcpStream, String) {
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
     let request = format!(
         "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n",
         gw.addr
     );
     tcp.write_all(request.as_bytes()).await.unwrap();
@@ -24,12 +29,9 @@ async fn upgraded(gw: &Gateway) -> TcpStream {
         tcp.read_exact(&mut byte).await.unwrap();
         head.push(byte[0]);
     }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    tcp
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    (tcp, head)
 }
 
 /// A client frame: `first` is FIN, RSV and opcode; the payload is masked unless `unmasked`.
@@ -128,6 +130,62 @@ async fn bad_frames_fail_the_connection_with_the_right_close_code() {
         assert_eq!(code, Some(want), "{what}");
     }
     // Still serving.
+    let mut client = gw.client("after").await;
+    let reply = client.request(serde_json::json!({"op": "ping"})).await;
+    assert_eq!(reply["ok"], true);
+    gw.stop().await;
+}
+
+/// `data` as a permessage-deflate payload: raw deflate, sync-flushed, tail removed.
+fn deflated(data: &[u8]) -> Vec<u8> {
+    let mut compress = flate2::Compress::new(flate2::Compression::best(), false);
+    let mut out = Vec::with_capacity(data.len() / 100 + 1024);
+    compress
+        .compress_vec(data, &mut out, flate2::FlushCompress::Sync)
+        .unwrap();
+    assert_eq!(
+        compress.total_in() as usize,
+        data.len(),
+        "room for all of it"
+    );
+    out.truncate(out.len() - 4);
+    out
+}
+
+/// permessage-deflate is agreed only with `ws_compression`; a compressed message that would
+/// inflate past `max_message_size` ends the connection with 4009 (the server stops
+/// inflating at the bound), data that does not inflate fails it with 1007.
+#[tokio::test]
+async fn compression_is_agreed_when_on_and_a_compressed_bomb_is_refused() {
+    let offer = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+    let plain = start(&[]).await;
+    let (_, head) = upgraded_with(&plain, offer).await;
+    assert!(
+        !head.to_ascii_lowercase().contains("permessage-deflate"),
+        "{head}"
+    );
+    plain.stop().await;
+
+    let gw = start(&["--ws-compression"]).await;
+    // 32 MiB of JSON whitespace, some 32 KiB on the wire.
+    let bomb = deflated(&vec![b' '; 32 << 20]);
+    println!("bomb: {} bytes inflating to 32 MiB", bomb.len());
+    let cases = [
+        ("a compressed bomb", frame(0xc1, &bomb, false), 4009),
+        (
+            "data that does not inflate",
+            frame(0xc1, &[0xff, 0xff, 0xff], false),
+            1007,
+        ),
+    ];
+    for (what, bytes, want) in cases {
+        let (mut tcp, head) = upgraded_with(&gw, offer).await;
+        assert!(head.contains("permessage-deflate"), "{head}");
+        tcp.write_all(&bytes).await.unwrap();
+        let code = close_code(&mut tcp).await;
+        println!("{what}: close {code:?}");
+        assert_eq!(code, Some(want), "{what}");
+    }
     let mut client = gw.client("after").await;
     let reply = client.request(serde_json::json!({"op": "ping"})).await;
     assert_eq!(reply["ok"], true);

@@ -22,7 +22,8 @@ const readers = [];
 
 before(async () => {
   site = await startStatic();
-  herald = await startHerald({ args: ["--cors-origin", site.url] });
+  // Compression on, as a browser negotiates it: every page below gets deflated frames.
+  herald = await startHerald({ args: ["--cors-origin", site.url, "--ws-compression"] });
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
@@ -129,6 +130,14 @@ describe("in Chromium", { timeout: 60000 }, () => {
     await herald.publish({ event: "N", users: ["pa"], data: 21 }); // the personal channel
     await until(async () => (await count(page)) === 21, 10000, "21 events in the page");
     assert.deepEqual(await page.evaluate(() => got), Array.from({ length: 21 }, (_, i) => i + 1));
+    // Chromium offered permessage-deflate and Herald took it.
+    const wsUrl = herald.url.replace(/^http/, "ws") + "/ws";
+    const extensions = await page.evaluate((url) => new Promise((resolve, reject) => {
+      const ws = new WebSocket(url);
+      ws.onopen = () => { resolve(ws.extensions); ws.close(); };
+      ws.onerror = () => reject(new Error("WebSocket failed"));
+    }), wsUrl);
+    assert.equal(extensions, "permessage-deflate; server_no_context_takeover; client_no_context_takeover");
     await context.close();
   });
 

@@ -13,16 +13,29 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use herald_connector_api::{ClientSession, Disconnect, Outbox, PeerInfo, Received, SessionHub};
 use tokio::time::{timeout, Instant};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::task::TaskTracker;
+
+mod deflate;
+mod handshake;
+
+use deflate::InflateError;
+pub use deflate::Settings as CompressionSettings;
+/// Public for the benchmarks.
+pub use deflate::{Compressor, Deflate};
+use handshake::{Socket, Upgrade};
 
 /// Most frames sent as one WebSocket message.
 pub const MAX_BATCH_FRAMES: usize = 256;
@@ -54,6 +67,8 @@ pub struct WsConfig {
     pub ping_interval: Duration,
     /// A connection silent for this long (no message, no pong) is closed.
     pub idle_timeout: Duration,
+    /// permessage-deflate, when offered.
+    pub compression: CompressionSettings,
 }
 
 /// What the `/ws` route needs.
@@ -76,10 +91,13 @@ pub fn routes(state: WsState) -> Router {
 async fn upgrade(
     State(state): State<WsState>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    mut request: Request,
 ) -> Response {
-    let peer = PeerInfo::from_request("ws", Some(remote), &headers, false);
+    let upgrade = match Upgrade::check(&mut request, &state.config.compression) {
+        Ok(upgrade) => upgrade,
+        Err(refused) => return refused.into_response(),
+    };
+    let peer = PeerInfo::from_request("ws", Some(remote), request.headers(), false);
     let (session, outbox) = match state.hub.open(peer) {
         Ok(opened) => opened,
         Err(err) => {
@@ -88,16 +106,19 @@ async fn upgrade(
         }
     };
     let config = state.config.clone();
-    limited(ws, &config).on_upgrade(move |socket| {
-        state
-            .tracker
-            .track_future(serve(socket, session, outbox, config))
-    })
+    let (response, socket) = upgrade.accept(limited(&config));
+    state.tracker.spawn(async move {
+        if let Some((socket, deflate)) = socket.await {
+            let compressor = deflate.as_ref().map(Compressor::new);
+            serve(socket, compressor, session, outbox, config).await;
+        }
+    });
+    response
 }
 
-/// The upgrade with Herald's limits in place of tungstenite's defaults (64 MiB messages and an
-/// unbounded write buffer).
-fn limited(ws: WebSocketUpgrade, config: &WsConfig) -> WebSocketUpgrade {
+/// Herald's limits in place of tungstenite's defaults (64 MiB messages and an unbounded
+/// write buffer).
+fn limited(config: &WsConfig) -> WebSocketConfig {
     // tungstenite may read a few times past our limit so that an oversized message is read
     // whole and answered with 4009 and a clean close, instead of a reset with its tail unread;
     // past that, the 4009 frame is still sent but the close may be lost. A small read buffer
@@ -106,8 +127,9 @@ fn limited(ws: WebSocketUpgrade, config: &WsConfig) -> WebSocketUpgrade {
         .max_message_size
         .saturating_mul(4)
         .max(MIN_READ_LIMIT);
-    ws.max_message_size(read_limit)
-        .max_frame_size(read_limit)
+    WebSocketConfig::default()
+        .max_message_size(Some(read_limit))
+        .max_frame_size(Some(read_limit))
         .read_buffer_size(READ_BUFFER_SIZE)
         .write_buffer_size(0)
         .max_write_buffer_size(config.max_write_buffer)
@@ -127,7 +149,8 @@ enum End {
 }
 
 async fn serve(
-    mut socket: WebSocket,
+    mut socket: Socket,
+    mut compressor: Option<Compressor>,
     mut session: Box<dyn ClientSession>,
     mut outbox: Outbox,
     config: Arc<WsConfig>,
@@ -141,7 +164,7 @@ async fn serve(
             biased;
             received = outbox.recv_many(&mut batch, MAX_BATCH_FRAMES) => match received {
                 Received::Frames(_) => {
-                    let sent = send_frames(&mut socket, &mut batch);
+                    let sent = send_frames(&mut socket, &mut compressor, &mut batch);
                     if let Err(end) = guarded(sent, &mut outbox, &mut ping, last_heard, &config).await {
                         break end;
                     }
@@ -149,7 +172,7 @@ async fn serve(
                 Received::Ended(disconnect) => break End::Disconnect(disconnect),
                 Received::Closed => break End::Gone,
             },
-            inbound = socket.recv() => match inbound {
+            inbound = socket.next() => match inbound {
                 Some(Ok(Message::Text(_) | Message::Binary(_))) if inbound_len(&inbound) > config.max_message_size => {
                     break End::Disconnect(Disconnect::new(4009, "frame too large", true));
                 }
@@ -165,7 +188,8 @@ async fn serve(
                         Err(_) => session.handle_text("\u{0}"),
                     }
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => last_heard = Instant::now(),
+                // tungstenite reads no raw frames; it only writes them.
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => last_heard = Instant::now(),
                 Some(Ok(Message::Close(_))) | None => break End::Gone,
                 Some(Err(err)) => {
                     tracing::debug!(conn = session.conn_id(), error = %err, "websocket read failed");
@@ -201,7 +225,7 @@ async fn serve(
                     while let Some(frame) = outbox.try_recv() {
                         batch.push(frame.frame);
                     }
-                    send_frames(&mut socket, &mut batch).await?;
+                    send_frames(&mut socket, &mut compressor, &mut batch).await?;
                 }
                 let frame = Utf8Bytes::try_from(disconnect.frame()).unwrap_or_default();
                 socket.send(Message::Text(frame)).await?;
@@ -212,19 +236,19 @@ async fn serve(
         }
         // Finish the closing handshake: read until the client's close, so the socket is not
         // dropped with unread input (which would reset it and could lose our close frame).
-        while let Some(Ok(message)) = socket.recv().await {
+        while let Some(Ok(message)) = socket.next().await {
             if matches!(message, Message::Close(_)) {
                 break;
             }
         }
-        Ok::<_, axum::Error>(())
+        Ok::<_, WsError>(())
     };
     if timeout(CLOSE_TIMEOUT, closing).await.is_err() {
         tracing::debug!(%conn, "closing handshake timed out");
     }
 }
 
-fn inbound_len(message: &Option<Result<Message, axum::Error>>) -> usize {
+fn inbound_len(message: &Option<Result<Message, WsError>>) -> usize {
     match message {
         Some(Ok(Message::Text(text))) => text.len(),
         Some(Ok(Message::Binary(bytes))) => bytes.len(),
@@ -236,7 +260,7 @@ fn close(code: u16, reason: &str) -> Message {
     // Close reasons are limited to 123 bytes by RFC 6455.
     let reason: String = reason.chars().take(100).collect();
     Message::Close(Some(CloseFrame {
-        code,
+        code: CloseCode::from(code),
         reason: reason.into(),
     }))
 }
@@ -246,7 +270,7 @@ fn close(code: u16, reason: &str) -> Message {
 /// A client that stopped reading blocks writes for good; the stream under the WebSocket
 /// fails such a write after `write_timeout` (`TimedOut`), which ends the connection with 4102.
 async fn guarded(
-    send: impl Future<Output = Result<(), axum::Error>>,
+    send: impl Future<Output = Result<(), WsError>>,
     outbox: &mut Outbox,
     ping: &mut tokio::time::Interval,
     last_heard: Instant,
@@ -271,38 +295,43 @@ async fn guarded(
 }
 
 /// How a write error ends the connection: a write that timed out is a client too slow (4102).
-fn write_failed(err: &axum::Error) -> End {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(cause) = source {
-        if cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return End::Disconnect(Disconnect::new(
+fn write_failed(err: &WsError) -> End {
+    match err {
+        WsError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+            End::Disconnect(Disconnect::new(
                 4102,
                 "too slow: a write was not taken within write_timeout",
                 true,
-            ));
+            ))
         }
-        source = cause.source();
+        _ => End::Gone,
     }
-    End::Gone
 }
 
 /// Sends `batch` as `\n`-separated text messages of at most [`MAX_BATCH_BYTES`] each (or one
-/// frame, if a frame is larger); empties `batch`.
-async fn send_frames(socket: &mut WebSocket, batch: &mut Vec<Bytes>) -> Result<(), axum::Error> {
+/// frame, if a frame is larger), compressed when deflate was agreed; empties `batch`.
+async fn send_frames(
+    socket: &mut Socket,
+    compressor: &mut Option<Compressor>,
+    batch: &mut Vec<Bytes>,
+) -> Result<(), WsError> {
     while !batch.is_empty() {
-        socket.send(next_message(batch)).await?;
+        let text = next_message(batch);
+        let message = match compressor {
+            Some(compressor) => compressor.text(text),
+            // The core only queues JSON text, which is UTF-8.
+            None => Message::Text(Utf8Bytes::try_from(text).unwrap_or_default()),
+        };
+        socket.send(message).await?;
     }
     // A burst grew it to hundreds of slots; an idle connection should not keep them.
     batch.shrink_to(8);
     Ok(())
 }
 
-/// Takes frames from the front of `batch` into one `\n`-separated text message of at most
+/// Takes frames from the front of `batch` into one `\n`-separated text of at most
 /// [`MAX_BATCH_BYTES`] (or one larger frame). Public for the benchmarks.
-pub fn next_message(batch: &mut Vec<Bytes>) -> Message {
+pub fn next_message(batch: &mut Vec<Bytes>) -> Bytes {
     let mut len = batch[0].len();
     let count = 1 + batch[1..]
         .iter()
@@ -311,50 +340,35 @@ pub fn next_message(batch: &mut Vec<Bytes>) -> Message {
             len <= MAX_BATCH_BYTES
         })
         .count();
-    let bytes = if count == 1 {
-        batch.remove(0)
-    } else {
-        let mut joined = Vec::with_capacity(batch[..count].iter().map(|f| f.len() + 1).sum());
-        for (i, frame) in batch.drain(..count).enumerate() {
-            if i > 0 {
-                joined.push(b'\n');
-            }
-            joined.extend_from_slice(&frame);
+    if count == 1 {
+        return batch.remove(0);
+    }
+    let mut joined = Vec::with_capacity(batch[..count].iter().map(|f| f.len() + 1).sum());
+    for (i, frame) in batch.drain(..count).enumerate() {
+        if i > 0 {
+            joined.push(b'\n');
         }
-        Bytes::from(joined)
-    };
-    // The core only queues JSON text, which is UTF-8.
-    Message::Text(Utf8Bytes::try_from(bytes).unwrap_or_default())
+        joined.extend_from_slice(&frame);
+    }
+    Bytes::from(joined)
 }
 
 /// How a read error ends the connection.
-fn read_failed(err: &axum::Error) -> End {
-    if let Some((code, why)) = violation(err) {
-        End::Failed(code, why)
-    } else if is_too_large(err) {
-        End::Disconnect(Disconnect::new(4009, "frame too large", true))
-    } else {
-        End::Gone
+fn read_failed(err: &WsError) -> End {
+    let too_large = || End::Disconnect(Disconnect::new(4009, "frame too large", true));
+    match err {
+        WsError::Utf8(_) => End::Failed(1007, "text is not UTF-8"),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::Gone,
+        WsError::Protocol(_) => End::Failed(1002, "protocol error"),
+        WsError::Capacity(_) => too_large(),
+        WsError::Io(io) => match io.get_ref().and_then(|e| e.downcast_ref::<InflateError>()) {
+            Some(InflateError::TooLarge) => too_large(),
+            Some(InflateError::Corrupt) => End::Failed(1007, "compressed data does not inflate"),
+            Some(InflateError::Interleaved) => End::Failed(1002, "protocol error"),
+            None => End::Gone,
+        },
+        _ => End::Gone,
     }
-}
-
-/// The close code for a read error that is the client's breach of RFC 6455, if it is one.
-/// axum does not expose tungstenite's error type, so its text is what there is to go on.
-fn violation(err: &axum::Error) -> Option<(u16, &'static str)> {
-    let text = err.to_string();
-    if text.contains("UTF-8") || text.contains("utf-8") {
-        Some((1007, "text is not UTF-8"))
-    } else if text.contains("protocol error") && !text.contains("without closing handshake") {
-        Some((1002, "protocol error"))
-    } else {
-        None
-    }
-}
-
-/// tungstenite reports an oversized message as a capacity error; axum does not expose its type.
-fn is_too_large(err: &axum::Error) -> bool {
-    let text = err.to_string();
-    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
 }
 
 #[cfg(test)]
@@ -366,10 +380,7 @@ mod tests {
 
     #[test]
     fn batches_are_newline_separated_and_bounded() {
-        let text = |m: Message| match m {
-            Message::Text(t) => t.as_str().to_owned(),
-            other => panic!("text expected, got {other:?}"),
-        };
+        let text = |b: Bytes| String::from_utf8(b.to_vec()).unwrap();
         let mut batch = vec![
             Bytes::from_static(b"{\"a\":1}"),
             Bytes::from_static(b"{\"b\":2}"),
