@@ -107,10 +107,13 @@ async fn upgrade(
     };
     let config = state.config.clone();
     let (response, socket) = upgrade.accept(limited(&config));
+    let tracker = state.tracker.clone();
+    // The connection gets a task of its own once upgraded: awaited in one task, the upgrade
+    // and `serve` would both keep their (large) states in it for the connection's life.
     state.tracker.spawn(async move {
         if let Some((socket, deflate)) = socket.await {
             let compressor = deflate.as_ref().map(Compressor::new);
-            serve(socket, compressor, session, outbox, config).await;
+            tracker.spawn(serve(socket, compressor, session, outbox, config));
         }
     });
     response
