@@ -677,11 +677,7 @@ async fn an_sse_stream_nobody_reads_is_cut_at_the_write_timeout() {
 #[tokio::test]
 async fn a_long_poll_response_nobody_reads_is_cut_and_sent_again_by_the_next_poll() {
     let gw = start(&["--write-timeout", "1s", "--client-queue-bytes", "200000000"]).await;
-    let mut lp = gw.longpoll().await;
-    let reply = lp
-        .request(json!({"op": "ident", "token": gw.token("slow", None)}))
-        .await;
-    assert_eq!(reply["ok"], true, "{reply}");
+    let lp = gw.lp_client("slow").await;
     let acked = lp.ack;
     for i in 0..20 {
         gw.publish(json!({"event": "e", "users": ["slow"], "data": format!("{i}:{}", "x".repeat(500_000))}))

@@ -5,20 +5,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{start_with, Gateway, LpClient};
+use crate::support::start_with;
 
 /// Short timers so tests wait seconds, not the defaults' minutes.
 const FAST: &str = "[longpoll]\npoll_timeout = \"1s\"\nsession_timeout = \"2s\"\n\
                     [[channels]]\npattern = \"room*\"\nclient_publish = true\njoin_leave_notices = true\n";
-
-async fn identified(gw: &Gateway, user: &str) -> LpClient {
-    let mut lp = gw.longpoll().await;
-    let reply = lp
-        .request(json!({"op": "ident", "token": gw.token(user, None)}))
-        .await;
-    assert_eq!(reply["ok"], true, "{reply}");
-    lp
-}
 
 #[tokio::test]
 async fn every_op_works_over_long_poll() {
@@ -91,7 +82,7 @@ async fn every_op_works_over_long_poll() {
 #[tokio::test]
 async fn a_lost_poll_response_is_sent_again_by_the_next_poll() {
     let gw = start_with(&[], Some(FAST)).await;
-    let mut lp = identified(&gw, "u").await;
+    let mut lp = gw.lp_client("u").await;
     for i in 1..=3 {
         gw.publish(json!({"event": "e", "users": ["u"], "data": i}))
             .await;
@@ -132,7 +123,7 @@ async fn a_newer_poll_ends_the_outstanding_one_with_an_empty_answer() {
         ),
     )
     .await;
-    let lp = identified(&gw, "u").await;
+    let lp = gw.lp_client("u").await;
     let ack = lp.ack;
     let parked = {
         let http = reqwest::Client::new();
@@ -182,7 +173,7 @@ async fn an_abandoned_session_expires_like_a_dropped_connection() {
         .request(json!({"op": "join", "channel": "room"}))
         .await;
     let lp = {
-        let mut lp = identified(&gw, "gone").await;
+        let mut lp = gw.lp_client("gone").await;
         lp.request(json!({"op": "join", "channel": "room"})).await;
         lp
     };
@@ -208,7 +199,7 @@ async fn an_abandoned_session_expires_like_a_dropped_connection() {
 #[tokio::test]
 async fn a_server_disconnect_reaches_the_client_in_a_poll_then_the_session_ends() {
     let gw = start_with(&[], Some(FAST)).await;
-    let mut lp = identified(&gw, "kicked").await;
+    let mut lp = gw.lp_client("kicked").await;
     let (_, result) = gw
         .post(
             "/api/disconnect",
@@ -230,7 +221,7 @@ async fn a_server_disconnect_reaches_the_client_in_a_poll_then_the_session_ends(
 #[tokio::test]
 async fn bad_input_gets_a_clear_error_and_the_session_keeps_working() {
     let gw = start_with(&["--max-body-size", "65536"], Some(FAST)).await;
-    let mut lp = identified(&gw, "u").await;
+    let mut lp = gw.lp_client("u").await;
     let http = reqwest::Client::new();
     let base = format!("http://{}", gw.addr);
 
@@ -330,7 +321,7 @@ async fn long_poll_works_cross_origin_for_listed_origins_only() {
 #[tokio::test]
 async fn a_session_that_falls_behind_gets_4102_in_its_next_poll() {
     let gw = start_with(&["--client-queue", "16"], Some(FAST)).await;
-    let mut lp = identified(&gw, "sleepy").await;
+    let mut lp = gw.lp_client("sleepy").await;
     // Nobody polls while 40 events are queued to a 16-frame queue.
     for i in 0..40 {
         gw.publish(json!({"event": "e", "users": ["sleepy"], "data": i}))

@@ -9,11 +9,6 @@ use tokio::net::TcpStream;
 
 use crate::support::{start, Gateway};
 
-/// A socket past the opening handshake.
-async fn upgraded(gw: &Gateway) -> TcpStream {
-    upgraded_with(gw, "").await.0
-}
-
 /// A socket past an opening handshake with `extra` header lines, and the server's answer.
 async fn upgraded_with(gw: &Gateway, extra: &str) -> (TcpStream, String) {
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
@@ -122,18 +117,29 @@ async fn bad_frames_fail_the_connection_with_the_right_close_code() {
         ),
         ("a length of a terabyte", huge, 4009),
     ];
+    each_closes_with_its_code(&gw, "", "HTTP/1.1 101", cases).await;
+    gw.stop().await;
+}
+
+/// Sends each case's bytes on a new socket (upgraded with `extra` headers, the answer
+/// holding `head_has`) and expects its close code; then the server still serves.
+async fn each_closes_with_its_code(
+    gw: &Gateway,
+    extra: &str,
+    head_has: &str,
+    cases: Vec<(&str, Vec<u8>, u16)>,
+) {
     for (what, bytes, want) in cases {
-        let mut tcp = upgraded(&gw).await;
+        let (mut tcp, head) = upgraded_with(gw, extra).await;
+        assert!(head.contains(head_has), "{head}");
         tcp.write_all(&bytes).await.unwrap();
         let code = close_code(&mut tcp).await;
         println!("{what}: close {code:?}");
         assert_eq!(code, Some(want), "{what}");
     }
-    // Still serving.
     let mut client = gw.client("after").await;
     let reply = client.request(serde_json::json!({"op": "ping"})).await;
-    assert_eq!(reply["ok"], true);
-    gw.stop().await;
+    assert_eq!(reply["ok"], true, "still serving");
 }
 
 /// `data` as a permessage-deflate payload: raw deflate, sync-flushed, tail removed.
@@ -170,7 +176,7 @@ async fn compression_is_agreed_when_on_and_a_compressed_bomb_is_refused() {
     // 32 MiB of JSON whitespace, some 32 KiB on the wire.
     let bomb = deflated(&vec![b' '; 32 << 20]);
     println!("bomb: {} bytes inflating to 32 MiB", bomb.len());
-    let cases = [
+    let cases = vec![
         ("a compressed bomb", frame(0xc1, &bomb, false), 4009),
         (
             "data that does not inflate",
@@ -178,16 +184,6 @@ async fn compression_is_agreed_when_on_and_a_compressed_bomb_is_refused() {
             1007,
         ),
     ];
-    for (what, bytes, want) in cases {
-        let (mut tcp, head) = upgraded_with(&gw, offer).await;
-        assert!(head.contains("permessage-deflate"), "{head}");
-        tcp.write_all(&bytes).await.unwrap();
-        let code = close_code(&mut tcp).await;
-        println!("{what}: close {code:?}");
-        assert_eq!(code, Some(want), "{what}");
-    }
-    let mut client = gw.client("after").await;
-    let reply = client.request(serde_json::json!({"op": "ping"})).await;
-    assert_eq!(reply["ok"], true);
+    each_closes_with_its_code(&gw, offer, "permessage-deflate", cases).await;
     gw.stop().await;
 }

@@ -67,8 +67,8 @@ async fn upgrade_echo(State(config): State<Arc<WsConfig>>, mut request: Request)
     };
     let (response, socket) = upgrade.accept(limited(&config));
     tokio::spawn(async move {
-        if let Some((socket, deflate)) = socket.await {
-            echo(socket, deflate.as_ref().map(Compressor::new), config).await;
+        if let Some((socket, compressor)) = socket.await {
+            echo(socket, compressor, config).await;
         }
     });
     response
@@ -80,7 +80,7 @@ async fn echo(mut socket: Socket, mut compressor: Option<Compressor>, config: Ar
     let end = loop {
         let echoed = match socket.next().await {
             Some(Ok(message @ (Message::Text(_) | Message::Binary(_))))
-                if inbound_len(&Some(Ok(message.clone()))) > config.max_message_size =>
+                if message.len() > config.max_message_size =>
             {
                 break End::Disconnect(Disconnect::new(4009, "frame too large", true));
             }

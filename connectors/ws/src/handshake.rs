@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::deflate::{self, Deflate, Inflating};
+use crate::deflate::{self, Compressor, Deflate, Inflating};
 
 /// A WebSocket connection as the transport serves it.
 pub type Socket = WebSocketStream<Inflating<TokioIo<hyper::upgrade::Upgraded>>>;
@@ -92,14 +92,14 @@ impl Upgrade {
         })
     }
 
-    /// The 101 answer, and the socket once hyper has handed the connection over (`None` if
-    /// the upgrade failed).
+    /// The 101 answer, and the socket (with its compressor, when deflate was agreed) once
+    /// hyper has handed the connection over (`None` if the upgrade failed).
     pub fn accept(
         self,
         config: WebSocketConfig,
     ) -> (
         Response,
-        impl std::future::Future<Output = Option<(Socket, Option<Deflate>)>>,
+        impl std::future::Future<Output = Option<(Socket, Option<Compressor>)>>,
     ) {
         let mut response = Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -119,7 +119,7 @@ impl Upgrade {
             let limit = config.max_message_size.unwrap_or(usize::MAX);
             let io = Inflating::new(TokioIo::new(upgraded), deflate.as_ref(), limit);
             let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-            Some((socket, deflate))
+            Some((socket, deflate.as_ref().map(Compressor::new)))
         };
         (response, socket)
     }

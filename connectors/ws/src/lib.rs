@@ -111,8 +111,7 @@ async fn upgrade(
     // The connection gets a task of its own once upgraded: awaited in one task, the upgrade
     // and `serve` would both keep their (large) states in it for the connection's life.
     state.tracker.spawn(async move {
-        if let Some((socket, deflate)) = socket.await {
-            let compressor = deflate.as_ref().map(Compressor::new);
+        if let Some((socket, compressor)) = socket.await {
             tracker.spawn(serve(socket, compressor, session, outbox, config));
         }
     });
@@ -176,7 +175,7 @@ async fn serve(
                 Received::Closed => break End::Gone,
             },
             inbound = socket.next() => match inbound {
-                Some(Ok(Message::Text(_) | Message::Binary(_))) if inbound_len(&inbound) > config.max_message_size => {
+                Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) if message.len() > config.max_message_size => {
                     break End::Disconnect(Disconnect::new(4009, "frame too large", true));
                 }
                 Some(Ok(Message::Text(text))) => {
@@ -248,14 +247,6 @@ async fn serve(
     };
     if timeout(CLOSE_TIMEOUT, closing).await.is_err() {
         tracing::debug!(%conn, "closing handshake timed out");
-    }
-}
-
-fn inbound_len(message: &Option<Result<Message, WsError>>) -> usize {
-    match message {
-        Some(Ok(Message::Text(text))) => text.len(),
-        Some(Ok(Message::Binary(bytes))) => bytes.len(),
-        _ => 0,
     }
 }
 

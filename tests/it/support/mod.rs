@@ -169,6 +169,16 @@ impl Gateway {
         client
     }
 
+    /// A long-poll session identified as `user`.
+    pub async fn lp_client(&self, user: &str) -> LpClient {
+        let mut lp = self.longpoll().await;
+        let reply = lp
+            .request(serde_json::json!({"op": "ident", "token": self.token(user, None)}))
+            .await;
+        assert_eq!(reply["ok"], true, "ident failed: {reply}");
+        lp
+    }
+
     /// POSTs JSON with the API key; returns status and body.
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let response = self
