@@ -37,7 +37,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::accept::FirstByteDeadline;
+use crate::accept::{Detaching, FirstByteDeadline, Resumer};
 use crate::write_deadline::WriteDeadline;
 
 use herald_connector_http::ApiState;
@@ -312,6 +312,13 @@ impl Prepared {
         tracker.spawn(longpoll.run_sweeper(token.child_token()));
         let local = listener.local_addr()?;
         let handle = axum_server::Handle::new();
+        let resumed = CancellationToken::new();
+        let resumer: Arc<dyn herald_connector_api::Resume> = Arc::new(Resumer::new(
+            app.clone(),
+            config.header_timeout,
+            resumed.clone(),
+            tracker.clone(),
+        ));
         let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let server = axum_server::from_tcp(listener)?.handle(handle.clone());
         // Events are small frames written as they happen: with Nagle's algorithm on, one
@@ -331,18 +338,16 @@ impl Prepared {
                 let tls = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
                     .handshake_timeout(config.tls_handshake_timeout)
                     .acceptor(tcp);
-                let server = server.acceptor(FirstByteDeadline::new(
-                    tls,
-                    header_timeout,
-                    hub.metrics().clone(),
+                let server = server.acceptor(Detaching::new(
+                    FirstByteDeadline::new(tls, header_timeout, hub.metrics().clone()),
+                    resumer,
                 ));
                 tokio::spawn(with_header_timeout(server, header_timeout).serve(service))
             }
             None => {
-                let server = server.acceptor(FirstByteDeadline::new(
-                    tcp,
-                    header_timeout,
-                    hub.metrics().clone(),
+                let server = server.acceptor(Detaching::new(
+                    FirstByteDeadline::new(tcp, header_timeout, hub.metrics().clone()),
+                    resumer,
                 ));
                 tokio::spawn(with_header_timeout(server, header_timeout).serve(service))
             }
@@ -382,6 +387,7 @@ impl Prepared {
         );
         ready.set(false);
         handle.graceful_shutdown(Some(config.shutdown_grace));
+        resumed.cancel();
         sources_token.cancel();
         sources.close();
         if tokio::time::timeout(config.shutdown_grace, sources.wait())
@@ -431,11 +437,18 @@ fn with_header_timeout<A: axum_server::Address, Acc>(
     mut server: axum_server::Server<A, Acc>,
     timeout: Duration,
 ) -> axum_server::Server<A, Acc> {
+    http1_limits(server.http_builder(), timeout);
     server
-        .http_builder()
+}
+
+/// The header timeout and head bound, for the listener and for connections given back.
+fn http1_limits(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    timeout: Duration,
+) {
+    builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(timeout)
         .max_buf_size(MAX_REQUEST_HEAD);
-    server
 }

@@ -16,6 +16,7 @@
 //! - [`session`]: the transport seam: one client connection, its inbound frames and its outbox.
 //! - [`queue`]: the outbox: a bounded, lazily allocated frame queue, then the disconnect.
 //! - [`connector`]: the trait inbound sources implement, and their context.
+//! - [`detach`]: an HTTP/1 connection taken out of hyper once a response head is written.
 //! - [`backend`]: what the core asks of backends: rpc answers, activity, auth hooks.
 //! - [`activity`]: activity out through any broker: a bounded queue, debounce.
 
@@ -25,6 +26,7 @@ pub mod channel;
 pub mod cluster;
 pub mod compact;
 pub mod connector;
+pub mod detach;
 pub mod envelope;
 pub mod field;
 pub mod gateway;
@@ -47,6 +49,7 @@ pub use connector::{
     Connector, ConnectorContext, ConnectorCounts, ConnectorError, ConnectorSet, ConnectorStatus,
     Health,
 };
+pub use detach::{end_chunks, write_chunk, Detach, Detachable, DetachedIo, Resume};
 pub use envelope::{Envelope, EnvelopeBatch};
 pub use field::{parse_json, FieldError};
 pub use gateway::{
