@@ -236,10 +236,12 @@ pub fn prepare(config: Config, listener: std::net::TcpListener) -> Result<Prepar
         Arc::new(hub.clone()),
         config.longpoll.clone(),
         config.max_body_size,
+        tracker.clone(),
     );
     let sse = herald_connector_sse::routes(SseState {
         hub: Arc::new(hub.clone()),
         config: Arc::new(config.sse.clone()),
+        tracker: tracker.clone(),
     });
     let transports = ws
         .merge(herald_connector_longpoll::routes(longpoll.clone()))

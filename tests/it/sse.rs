@@ -4,6 +4,7 @@
 
 use serde_json::json;
 
+use crate::support::raw_http::RawHttp;
 use crate::support::{start, start_with, Gateway};
 
 async fn publish_n(gw: &Gateway, channel: &str, from: u64, to: u64) {
@@ -261,5 +262,59 @@ async fn one_channel_recovers_across_websocket_long_poll_and_sse_without_gap_or_
     }
     println!("ws → long-poll → sse → ws: received {seen:?}");
     assert_eq!(seen, (1..=12).collect::<Vec<u64>>(), "no gap, no duplicate");
+    gw.stop().await;
+}
+
+async fn presence(gw: &Gateway) -> usize {
+    let (_, body) = gw.get("/api/channels/framed/presence").await;
+    body["members"].as_array().map_or(0, Vec::len)
+}
+
+/// Streams are written outside hyper once the head is out (an idle stream then holds none of
+/// its buffers): the body must still be what hyper would write, chunked for HTTP/1.1 and
+/// until the close for HTTP/1.0, and a client that hangs up must still leave at once.
+#[tokio::test]
+async fn streams_are_framed_per_http_version_and_a_client_that_hangs_up_leaves() {
+    let gw = start(&[]).await;
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        let mut raw = RawHttp::connect(gw.addr).await;
+        let token = gw.token("framer", None);
+        raw.send(&format!(
+            "GET /sse?channels=framed&token={token} {version}\r\nHost: herald\r\n\r\n"
+        ))
+        .await;
+        let head = raw.head().await;
+        assert!(head.contains("content-type: text/event-stream"), "{head}");
+        let chunked = version == "HTTP/1.1";
+        assert_eq!(
+            head.contains("transfer-encoding: chunked"),
+            chunked,
+            "{head}"
+        );
+        gw.publish(json!({"event": "tick", "channels": ["framed"], "data": {"v": version}}))
+            .await;
+        let mut body = String::new();
+        while !body.contains("event: tick") {
+            body += &if chunked {
+                raw.chunk().await
+            } else {
+                raw.until("\n\n").await
+            };
+        }
+        assert!(body.starts_with("event: ident\nid: "), "{body}");
+        assert!(body.contains(&format!("{{\"v\":\"{version}\"}}")), "{body}");
+        assert_eq!(presence(&gw).await, 1, "{version}: the stream is a member");
+        drop(raw);
+        // Nothing is written to an idle stream for `heartbeat` (15 s): only reading the
+        // socket notices the hang-up this soon.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while presence(&gw).await > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{version}: still a member"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
     gw.stop().await;
 }

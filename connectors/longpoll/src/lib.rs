@@ -10,8 +10,9 @@
 //!
 //! Unknown or ended sessions answer 404 with code 4404. Sessions live in one table, so any
 //! request reaches its session whichever connection it comes on (no sticky sessions); a
-//! session holds no task, and one sweeper ends sessions nobody polled for `session_timeout`
-//! as a dropped WebSocket ends: it leaves its channels and the others get `left`.
+//! session holds no task but its parked poll's, and one sweeper ends sessions nobody polled
+//! for `session_timeout` as a dropped WebSocket ends: it leaves its channels and the others
+//! get `left`.
 //!
 //! # Layout
 //! - [`session`]: one session, and its un-acknowledged frames.
@@ -19,22 +20,26 @@
 pub mod session;
 
 use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use herald_connector_api::{PeerInfo, SessionHub};
+use axum::{Extension, Json, Router};
+use herald_connector_api::{end_chunks, write_chunk, Detach, DetachedIo, PeerInfo, SessionHub};
 use rand::distr::{Alphanumeric, SampleString};
 use serde::Deserialize;
+use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use session::{lock, LpSession};
+use session::{lock, LpSession, Outbound};
 
 /// Length of a session id: 32 random alphanumerics, about 190 bits, since the id is all a
 /// request shows to reach an identified session.
@@ -94,16 +99,25 @@ pub struct LongPollState {
     /// Largest request body (a `send`), in bytes.
     pub max_body_size: usize,
     sessions: Arc<Sessions>,
+    /// Tracks polls answered outside hyper, so shutdown can wait for them.
+    tracker: TaskTracker,
 }
 
 impl LongPollState {
-    /// State for the routes, with an empty session table.
-    pub fn new(hub: Arc<dyn SessionHub>, config: LongPollConfig, max_body_size: usize) -> Self {
+    /// State for the routes, with an empty session table; polls answered outside hyper are
+    /// tracked on `tracker`.
+    pub fn new(
+        hub: Arc<dyn SessionHub>,
+        config: LongPollConfig,
+        max_body_size: usize,
+        tracker: TaskTracker,
+    ) -> Self {
         Self {
             hub,
             config: Arc::new(config),
             max_body_size,
             sessions: Arc::default(),
+            tracker,
         }
     }
 
@@ -285,6 +299,8 @@ struct PollQuery {
 async fn poll(
     State(state): State<Arc<LongPollState>>,
     Query(query): Query<PollQuery>,
+    detach: Option<Extension<Detach>>,
+    version: Version,
 ) -> Result<Response, LpError> {
     let (sid, session) = SidQuery { sid: query.sid }.session(&state)?;
     let ack = match query.ack.as_deref() {
@@ -297,7 +313,7 @@ async fn poll(
     let cancelled = session.start_poll();
     // An older poll still holds the buffer until it sees its cancellation.
     let mut outbound = tokio::select! {
-        outbound = session.outbound.lock() => outbound,
+        outbound = session.outbound.clone().lock_owned() => outbound,
         () = cancelled.cancelled() => return Ok(frames_response(Bytes::from_static(b"[]"))),
     };
     outbound
@@ -310,17 +326,29 @@ async fn poll(
     }
     outbound.fill();
     if !outbound.has_frames() && !outbound.finished() {
-        session.set_polling(true);
-        let waited = tokio::select! {
-            () = outbound.wait() => true,
-            () = tokio::time::sleep(state.config.poll_timeout) => false,
-            () = cancelled.cancelled() => false,
+        let deadline = Instant::now() + state.config.poll_timeout;
+        let takeable = detach.filter(|d| version == Version::HTTP_11 && d.resumable());
+        let park_until = match takeable {
+            Some(_) => deadline.min(Instant::now() + TAKE_AFTER),
+            None => deadline,
         };
-        session.set_polling(false);
-        session.touch();
-        if waited {
-            outbound.fill();
+        session.set_polling(true);
+        let woke = park(&mut outbound, park_until, &cancelled).await;
+        if let (false, Some(Extension(detach))) = (woke, takeable) {
+            if !cancelled.is_cancelled() && park_until < deadline {
+                let connection = detach.after_head();
+                let parked = Parked {
+                    session,
+                    outbound,
+                    cancelled,
+                    deadline,
+                };
+                state.tracker.spawn(parked.answer(connection, detach));
+                let never = futures_util::stream::pending::<Result<Bytes, Infallible>>();
+                return Ok(frames_response(Body::from_stream(never)));
+            }
         }
+        parked_done(&session, &mut outbound, woke);
     }
     if outbound.finished() {
         // The core's side is over; the frames stay until acknowledged.
@@ -329,13 +357,72 @@ async fn poll(
     Ok(frames_response(outbound.response()))
 }
 
-fn frames_response(body: Bytes) -> Response {
+/// A poll parked longer than this is an idle client's: its connection is taken out of hyper,
+/// whose buffers are most of what an idle session costs. Polls answered sooner (a busy
+/// session) stay in hyper, where answering costs nothing extra.
+const TAKE_AFTER: Duration = Duration::from_millis(10);
+
+/// Waits until frames are queued (`true`), `until`, or a newer poll.
+async fn park(outbound: &mut Outbound, until: Instant, cancelled: &CancellationToken) -> bool {
+    tokio::select! {
+        () = outbound.wait() => true,
+        () = tokio::time::sleep_until(until.into()) => false,
+        () = cancelled.cancelled() => false,
+    }
+}
+
+/// After a park: the session may expire again, and what woke it is taken.
+fn parked_done(session: &LpSession, outbound: &mut Outbound, woke: bool) {
+    session.set_polling(false);
+    session.touch();
+    if woke {
+        outbound.fill();
+    }
+}
+
+/// A poll whose connection was taken out of hyper: it answers on its own task.
+struct Parked {
+    session: Arc<LpSession>,
+    outbound: OwnedMutexGuard<Outbound>,
+    cancelled: CancellationToken,
+    deadline: Instant,
+}
+
+impl Parked {
+    /// Waits out the rest of the poll, writes the answer as the one chunk of the body whose
+    /// head hyper wrote, and gives the connection back for the next request.
+    async fn answer(
+        mut self,
+        connection: impl Future<Output = Option<DetachedIo>>,
+        detach: Detach,
+    ) {
+        let io = connection.await;
+        let woke = match io {
+            Some(_) => park(&mut self.outbound, self.deadline, &self.cancelled).await,
+            None => false,
+        };
+        parked_done(&self.session, &mut self.outbound, woke);
+        if self.outbound.finished() {
+            self.session.end();
+        }
+        let body = self.outbound.response();
+        drop(self.outbound);
+        // A connection that fails now loses nothing: the frames stay until acknowledged.
+        if let Some(mut io) = io {
+            if write_chunk(&mut io, body).await.is_ok() && end_chunks(&mut io).await.is_ok() {
+                detach.resume(io);
+            }
+        }
+    }
+}
+
+fn frames_response(body: impl Into<Body>) -> Response {
     (
         [
             (header::CONTENT_TYPE, "application/json"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        body,
+        body.into(),
     )
         .into_response()
 }

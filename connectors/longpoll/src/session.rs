@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -29,8 +29,9 @@ pub struct LpSession {
     pub conn: String,
     /// The core's inbound half; `None` once the session ended (dropping it unregisters).
     inbound: Mutex<Option<Box<dyn ClientSession>>>,
-    /// The outbound half; a poll holds it while it waits.
-    pub outbound: tokio::sync::Mutex<Outbound>,
+    /// The outbound half; a poll holds it while it waits (shared: a parked poll's own task
+    /// may hold it).
+    pub outbound: Arc<tokio::sync::Mutex<Outbound>>,
     /// When a client last polled or sent.
     last_seen: Mutex<Instant>,
     /// Whether a poll is parked right now (a session is never expired under one).
@@ -45,7 +46,10 @@ impl LpSession {
         Self {
             conn: inbound.conn_id().to_owned(),
             inbound: Mutex::new(Some(inbound)),
-            outbound: tokio::sync::Mutex::new(Outbound::new(outbox, max_unacked_bytes)),
+            outbound: Arc::new(tokio::sync::Mutex::new(Outbound::new(
+                outbox,
+                max_unacked_bytes,
+            ))),
             last_seen: Mutex::new(Instant::now()),
             polling: AtomicBool::new(false),
             poll_cancel: Mutex::new(CancellationToken::new()),

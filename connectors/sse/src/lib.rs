@@ -23,16 +23,19 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use bytes::{BufMut, Bytes, BytesMut};
 use herald_connector_api::{
-    ClientSession, IdentRequest, OutFrame, Outbox, PeerInfo, Received, SessionHub, Since,
+    end_chunks, write_chunk, ClientSession, Detach, DetachedIo, IdentRequest, OutFrame, Outbox,
+    PeerInfo, Received, SessionHub, Since,
 };
 use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
+use tokio_util::task::TaskTracker;
 
 use position::Positions;
 
@@ -74,6 +77,8 @@ pub struct SseState {
     pub hub: Arc<dyn SessionHub>,
     /// Timers.
     pub config: Arc<SseConfig>,
+    /// Tracks the streams taken out of hyper, so shutdown can wait for them.
+    pub tracker: TaskTracker,
 }
 
 /// The router serving `GET /sse`.
@@ -105,6 +110,8 @@ async fn stream(
     State(state): State<SseState>,
     ConnectInfo(remote): ConnectInfo<std::net::SocketAddr>,
     Query(query): Query<SseQuery>,
+    detach: Option<Extension<Detach>>,
+    version: Version,
     headers: HeaderMap,
 ) -> Result<Response, Refusal> {
     let bad = |message: String| Refusal {
@@ -173,15 +180,41 @@ async fn stream(
         last_sent: Instant::now(),
         ended: false,
     };
-    let chunks = futures_util::stream::unfold(stream, |mut stream| async move {
-        let chunk = stream.next_chunk().await?;
-        Some((Ok::<_, Infallible>(chunk), stream))
-    });
     let headers = [
         (header::CONTENT_TYPE, "text/event-stream"),
         (header::CACHE_CONTROL, "no-store"),
     ];
+    let framing = match version {
+        Version::HTTP_11 => Some(Framing::Chunked),
+        Version::HTTP_10 => Some(Framing::UntilClose),
+        _ => None,
+    };
+    if let (Some(Extension(detach)), Some(framing)) = (detach, framing) {
+        // hyper writes the head (with what the layers add, CORS), then the stream writes the
+        // body itself: an idle stream then holds none of hyper's buffers.
+        let connection = detach.after_head();
+        state.tracker.spawn(async move {
+            if let Some(io) = connection.await {
+                stream.pump(io, framing).await;
+            }
+        });
+        let never = futures_util::stream::pending::<Result<Bytes, Infallible>>();
+        return Ok((headers, Body::from_stream(never)).into_response());
+    }
+    let chunks = futures_util::stream::unfold(stream, |mut stream| async move {
+        let chunk = stream.next_chunk().await?;
+        Some((Ok::<_, Infallible>(chunk), stream))
+    });
     Ok((headers, Body::from_stream(chunks)).into_response())
+}
+
+/// How a body written outside hyper is framed, as hyper would have for the request's version.
+#[derive(Clone, Copy, PartialEq)]
+enum Framing {
+    /// HTTP/1.1: `transfer-encoding: chunked`.
+    Chunked,
+    /// HTTP/1.0: the body ends when the connection does.
+    UntilClose,
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
@@ -262,6 +295,25 @@ impl Stream {
         Some(chunk.freeze())
     }
 
+    /// Writes the stream's chunks to a connection taken out of hyper until the session ends,
+    /// a write fails or the client goes; the session then drops, as it would in hyper.
+    async fn pump(mut self, mut io: DetachedIo, framing: Framing) {
+        loop {
+            let chunk = tokio::select! {
+                chunk = self.next_chunk() => chunk,
+                () = peer_gone(&mut io) => return,
+            };
+            let Some(chunk) = chunk else { break };
+            if write_body(&mut io, framing, chunk).await.is_err() {
+                return;
+            }
+        }
+        if framing == Framing::Chunked {
+            let _ = end_chunks(&mut io).await;
+        }
+        let _ = io.shutdown().await;
+    }
+
     fn write_all(&mut self, chunk: &mut BytesMut, frames: Vec<OutFrame>) {
         for out in frames {
             match out.meta {
@@ -276,6 +328,24 @@ impl Stream {
             }
         }
     }
+}
+
+/// Writes one chunk as the head said, and flushes it.
+async fn write_body(io: &mut DetachedIo, framing: Framing, chunk: Bytes) -> std::io::Result<()> {
+    match framing {
+        Framing::Chunked => write_chunk(io, chunk).await,
+        Framing::UntilClose => {
+            io.write_all(&chunk).await?;
+            io.flush().await
+        }
+    }
+}
+
+/// Resolves once the client closed its side or the connection broke. A stream's client has
+/// nothing to send, so whatever it sends is dropped.
+async fn peer_gone(io: &mut DetachedIo) {
+    let mut discard = [0u8; 64];
+    while let Ok(1..) = io.read(&mut discard).await {}
 }
 
 /// Appends one SSE message: `event:`, `id:` when given, and the frame as `data:` lines.

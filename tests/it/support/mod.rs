@@ -8,6 +8,7 @@ pub mod client;
 pub mod longpoll;
 pub mod nats;
 pub mod process;
+pub mod raw_http;
 pub mod sse;
 
 use std::net::SocketAddr;
