@@ -7,9 +7,10 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use serde_json::json;
+use serde_json::{json, Value};
 
-use crate::support::{start, Client, Gateway};
+use crate::support::raw_http::RawHttp;
+use crate::support::{start, start_with, Client, Gateway};
 
 fn client_config(
     roots: &[CertificateDer<'static>],
@@ -65,6 +66,73 @@ async fn wss_with_a_self_signed_certificate_reused_on_restart() {
         "the certificate is reused, not remade"
     );
     ident_over_wss(&gw, client_config(&pem_certs(&cert_path), None)).await;
+    gw.stop().await;
+}
+
+/// A parked poll and an SSE stream are written outside hyper, through the TLS layer, and a
+/// connection taken out of hyper serves HTTP again on the same TLS session.
+#[tokio::test]
+async fn long_poll_and_sse_are_answered_outside_hyper_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--tls-self-signed",
+        "--tls-dir",
+        dir.path().to_str().unwrap(),
+    ];
+    let config = "[longpoll]\npoll_timeout = \"3s\"\nsession_timeout = \"8s\"\n";
+    let gw = start_with(&args, Some(config)).await;
+    let tls = client_config(&pem_certs(&dir.path().join("server.pem")), None);
+    let items = |body: &str| serde_json::from_str::<Vec<Value>>(body).expect("an array");
+
+    let mut lp = RawHttp::connect_tls(gw.addr, tls.clone()).await;
+    lp.send("POST /lp/open HTTP/1.1\r\nHost: herald\r\ncontent-length: 0\r\n\r\n")
+        .await;
+    let (_, body) = lp.response().await;
+    let opened: Value = serde_json::from_str(&body).expect("JSON");
+    let sid = opened["sid"].as_str().expect("a sid").to_owned();
+    let send = |frame: &str| {
+        format!(
+            "POST /lp/send?sid={sid} HTTP/1.1\r\nHost: herald\r\ncontent-length: {}\r\n\r\n{frame}",
+            frame.len()
+        )
+    };
+    let poll =
+        |ack: u64| format!("GET /lp/poll?sid={sid}&ack={ack} HTTP/1.1\r\nHost: herald\r\n\r\n");
+    let ident = json!({"op": "ident", "id": 1, "token": gw.token("secure", None)});
+    lp.send(&send(&ident.to_string())).await;
+    assert!(lp.response().await.0.starts_with("http/1.1 204"));
+    lp.send(&poll(0)).await;
+    let (_, body) = lp.response().await;
+    let replied = items(&body);
+    assert_eq!(replied[0]["frame"]["ok"], true, "{body}");
+    let seq = replied[0]["seq"].as_u64().unwrap();
+
+    // Parked past the takeover, then woken by a reply to a send on another connection.
+    lp.send(&poll(seq)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut other = RawHttp::connect_tls(gw.addr, tls.clone()).await;
+    other.send(&send(r#"{"op":"ping","id":2}"#)).await;
+    assert!(other.response().await.0.starts_with("http/1.1 204"));
+    let (head, body) = lp.response().await;
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert_eq!(items(&body)[0]["frame"]["id"], 2, "{body}");
+    // The same TLS session, given back to HTTP.
+    lp.send(&format!(
+        "POST /lp/close?sid={sid} HTTP/1.1\r\nHost: herald\r\ncontent-length: 0\r\n\r\n"
+    ))
+    .await;
+    assert!(lp.response().await.0.starts_with("http/1.1 204"));
+
+    let mut sse = RawHttp::connect_tls(gw.addr, tls).await;
+    let token = gw.token("secure", None);
+    sse.send(&format!(
+        "GET /sse?channels=news&token={token} HTTP/1.1\r\nHost: herald\r\n\r\n"
+    ))
+    .await;
+    let head = sse.head().await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let first = sse.chunk().await;
+    assert!(first.starts_with("event: ident"), "{first}");
     gw.stop().await;
 }
 
