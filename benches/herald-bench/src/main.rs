@@ -722,8 +722,13 @@ fn jobs(cmd: &Cmd, transports: &[Transport]) -> Vec<(Job, Transport)> {
                 (Job::Deliver(ingest_plan(Via::Jetstream, 100_000, 64)), Ws),
                 (Job::Deliver(ingest_plan(Via::Amqp, 100_000, 64)), Ws),
                 (Job::Deliver(ingest_plan(Via::File, 100_000, 64)), Ws),
+                // Per-client memory at the WebSocket's 10,000 too: at 1,000, growth that does
+                // not scale with clients is much of the figure (long-poll: 10.7 KiB per session
+                // at 1,000, 4.4 at 10,000, in one run).
                 (Job::Idle(1000, Duration::from_secs(2)), Longpoll),
+                (Job::Idle(10000, Duration::from_secs(2)), Longpoll),
                 (Job::Idle(1000, Duration::from_secs(2)), Sse),
+                (Job::Idle(10000, Duration::from_secs(2)), Sse),
                 (
                     Job::Recover {
                         clients: 1000,
