@@ -19,14 +19,26 @@ const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Reloads `rustls` from `source` on SIGHUP and on file changes until `shutdown`; without TLS
 /// (`None`) it only keeps SIGHUP from ending the process.
-pub async fn run(
+///
+/// SIGHUP is taken over when this is called, not when the future first runs: by then the
+/// server may be answering, and SIGHUP's default action ends the process.
+pub fn run(
     tls: Option<(RustlsConfig, TlsSource)>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) {
-    let mut hangup = signal(SignalKind::hangup())
+) -> impl std::future::Future<Output = ()> {
+    let hangup = signal(SignalKind::hangup())
         .inspect_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP: certificates reload on file changes only"))
         .ok();
+    watch(tls, metrics, shutdown, hangup)
+}
+
+async fn watch(
+    tls: Option<(RustlsConfig, TlsSource)>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    mut hangup: Option<tokio::signal::unix::Signal>,
+) {
     let mut seen = tls.as_ref().map(|(_, source)| files_stamp(source));
     let mut tick = tokio::time::interval(FILE_CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
