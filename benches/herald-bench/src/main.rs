@@ -59,7 +59,7 @@ struct Global {
         global = true
     )]
     transport: Vec<Transport>,
-    /// Runs of each scenario per target (alternating targets).
+    /// Runs of each scenario per target and transport (a round runs every one once, alternating).
     #[arg(long, default_value_t = 1, global = true)]
     rounds: usize,
     /// Results folder (default: benches/results/<timestamp>, or benches/results/tmp/… in short mode).
@@ -880,8 +880,11 @@ fn main() -> anyhow::Result<()> {
     let jobs = jobs(&cli.cmd, &g.transport);
     let results = rt.block_on(async {
         let mut results = Vec::new();
-        for (job, transport) in &jobs {
-            for _ in 0..g.rounds.max(1) {
+        // Rounds outermost: every scenario and transport runs once per round, so a drift of
+        // this shared machine falls on both sides of a comparison (WebSocket beside SSE, as
+        // Herald beside Socket.IO), not on whichever ran last.
+        for _ in 0..g.rounds.max(1) {
+            for (job, transport) in &jobs {
                 for &kind in &kinds {
                     if let Some(why) = transport.unsupported(kind) {
                         eprintln!("[{kind}] skipped over {transport}: {why}");
