@@ -11,7 +11,16 @@ prefix=${AUTOBAHN_PREFIX:-/opt/autobahn}
 here=$(cd "$(dirname "$0")" && pwd)
 [ -x "$prefix/bin/wstest" ] && exit 0
 
-if ! command -v python2.7 >/dev/null; then
+# A `python2.7` on PATH may be a pyenv shim for a version that is not selected, which exists
+# but does not run: take the first one that runs.
+py2=
+for candidate in python2.7 /usr/bin/python2.7; do
+    if "$candidate" -c '' >/dev/null 2>&1; then
+        py2=$candidate
+        break
+    fi
+done
+if [ -z "$py2" ]; then
     if [ ! -e /etc/apt/sources.list.d/bullseye.sources ]; then
         cat > /etc/apt/sources.list.d/bullseye.sources <<'SOURCES'
 Types: deb
@@ -28,6 +37,7 @@ PIN
     fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python2.7 python2.7-dev >/dev/null
+    py2=/usr/bin/python2.7
 fi
 
 # The newest pip that runs on Python 2.7, fetched by the machine's Python 3 and run from its
@@ -36,9 +46,9 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python3 -m pip download -q --no-deps -d "$work" pip==20.3.4
 export PYTHONUSERBASE="$prefix"
-pip2="python2.7 $work/pip-20.3.4-py2.py3-none-any.whl/pip"
+pip2="$py2 $work/pip-20.3.4-py2.py3-none-any.whl/pip"
 $pip2 install -q --user --no-warn-script-location "$work/pip-20.3.4-py2.py3-none-any.whl" \
     setuptools==44.1.1 wheel==0.37.1 2>&1 | grep -v DEPRECATION || true
-python2.7 -m pip install -q --user --no-warn-script-location -r "$here/requirements.txt" 2>&1 \
+"$py2" -m pip install -q --user --no-warn-script-location -r "$here/requirements.txt" 2>&1 \
     | grep -v DEPRECATION || true
 [ -x "$prefix/bin/wstest" ]
