@@ -344,25 +344,21 @@ async fn a_session_that_falls_behind_gets_4102_in_its_next_poll() {
 }
 
 /// A poll that stays parked past a few milliseconds is an idle client's, and is answered
-/// outside hyper (its connection taken out, so an idle session holds none of hyper's buffers). The answer is
-/// still plain HTTP/1.1 on the poll's own connection, which then serves the next requests.
+/// outside hyper (its connection taken out, so an idle session holds none of hyper's
+/// buffers). The answer is still plain HTTP/1.1 on the poll's own connection, which then
+/// serves the next requests.
 #[tokio::test]
 async fn a_long_parked_poll_is_answered_on_its_connection_which_then_serves_on() {
     let config = "[longpoll]\npoll_timeout = \"3s\"\nsession_timeout = \"8s\"\n";
     let gw = start_with(&[], Some(config)).await;
     let lp = gw.lp_client("parker").await;
     let mut raw = RawHttp::connect(gw.addr).await;
-    let poll = |ack: u64| {
-        format!(
-            "GET /lp/poll?sid={}&ack={ack} HTTP/1.1\r\nHost: herald\r\n\r\n",
-            lp.sid
-        )
-    };
+    let poll = |ack: u64| format!("/lp/poll?sid={}&ack={ack}", lp.sid);
     let items = |body: &str| serde_json::from_str::<Vec<Value>>(body).expect("an array");
 
     // Parked past the takeover, then woken by an event: answered with a chunked body (an
     // answer from hyper has a length).
-    raw.send(&poll(lp.ack)).await;
+    raw.get(&poll(lp.ack)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     gw.publish(json!({"event": "late", "users": ["parker"]}))
         .await;
@@ -375,22 +371,17 @@ async fn a_long_parked_poll_is_answered_on_its_connection_which_then_serves_on()
     let seq = woken[0]["seq"].as_u64().unwrap();
 
     // The same connection again: nothing wakes this one, so it answers [] at the timeout.
-    raw.send(&poll(seq)).await;
+    raw.get(&poll(seq)).await;
     let (head, body) = raw.response().await;
     assert!(head.contains("transfer-encoding: chunked"), "{head}");
     assert_eq!(body, "[]");
 
     // Still the same connection: a send, then a poll its reply answers at once, in hyper.
     let ping = r#"{"op":"ping","id":77}"#;
-    raw.send(&format!(
-        "POST /lp/send?sid={} HTTP/1.1\r\nHost: herald\r\ncontent-length: {}\r\n\r\n{ping}",
-        lp.sid,
-        ping.len()
-    ))
-    .await;
+    raw.post(&format!("/lp/send?sid={}", lp.sid), ping).await;
     let (head, _) = raw.response().await;
     assert!(head.starts_with("http/1.1 204"), "{head}");
-    raw.send(&poll(seq)).await;
+    raw.get(&poll(seq)).await;
     let (head, body) = raw.response().await;
     assert!(head.contains("content-length"), "{head}");
     let replied = items(&body);
@@ -398,7 +389,7 @@ async fn a_long_parked_poll_is_answered_on_its_connection_which_then_serves_on()
     let seq = replied[0]["seq"].as_u64().unwrap();
 
     // A newer poll, on another connection, ends a taken one with [].
-    raw.send(&poll(seq)).await;
+    raw.get(&poll(seq)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (older, (status, newer)) = tokio::join!(raw.response(), lp.poll_raw(seq));
     assert_eq!(older.1, "[]", "{older:?}");

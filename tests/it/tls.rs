@@ -85,50 +85,37 @@ async fn long_poll_and_sse_are_answered_outside_hyper_over_tls() {
     let items = |body: &str| serde_json::from_str::<Vec<Value>>(body).expect("an array");
 
     let mut lp = RawHttp::connect_tls(gw.addr, tls.clone()).await;
-    lp.send("POST /lp/open HTTP/1.1\r\nHost: herald\r\ncontent-length: 0\r\n\r\n")
-        .await;
+    lp.post("/lp/open", "").await;
     let (_, body) = lp.response().await;
     let opened: Value = serde_json::from_str(&body).expect("JSON");
     let sid = opened["sid"].as_str().expect("a sid").to_owned();
-    let send = |frame: &str| {
-        format!(
-            "POST /lp/send?sid={sid} HTTP/1.1\r\nHost: herald\r\ncontent-length: {}\r\n\r\n{frame}",
-            frame.len()
-        )
-    };
-    let poll =
-        |ack: u64| format!("GET /lp/poll?sid={sid}&ack={ack} HTTP/1.1\r\nHost: herald\r\n\r\n");
+    let send = format!("/lp/send?sid={sid}");
+    let poll = |ack: u64| format!("/lp/poll?sid={sid}&ack={ack}");
     let ident = json!({"op": "ident", "id": 1, "token": gw.token("secure", None)});
-    lp.send(&send(&ident.to_string())).await;
+    lp.post(&send, &ident.to_string()).await;
     assert!(lp.response().await.0.starts_with("http/1.1 204"));
-    lp.send(&poll(0)).await;
+    lp.get(&poll(0)).await;
     let (_, body) = lp.response().await;
     let replied = items(&body);
     assert_eq!(replied[0]["frame"]["ok"], true, "{body}");
     let seq = replied[0]["seq"].as_u64().unwrap();
 
     // Parked past the takeover, then woken by a reply to a send on another connection.
-    lp.send(&poll(seq)).await;
+    lp.get(&poll(seq)).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let mut other = RawHttp::connect_tls(gw.addr, tls.clone()).await;
-    other.send(&send(r#"{"op":"ping","id":2}"#)).await;
+    other.post(&send, r#"{"op":"ping","id":2}"#).await;
     assert!(other.response().await.0.starts_with("http/1.1 204"));
     let (head, body) = lp.response().await;
     assert!(head.contains("transfer-encoding: chunked"), "{head}");
     assert_eq!(items(&body)[0]["frame"]["id"], 2, "{body}");
     // The same TLS session, given back to HTTP.
-    lp.send(&format!(
-        "POST /lp/close?sid={sid} HTTP/1.1\r\nHost: herald\r\ncontent-length: 0\r\n\r\n"
-    ))
-    .await;
+    lp.post(&format!("/lp/close?sid={sid}"), "").await;
     assert!(lp.response().await.0.starts_with("http/1.1 204"));
 
     let mut sse = RawHttp::connect_tls(gw.addr, tls).await;
     let token = gw.token("secure", None);
-    sse.send(&format!(
-        "GET /sse?channels=news&token={token} HTTP/1.1\r\nHost: herald\r\n\r\n"
-    ))
-    .await;
+    sse.get(&format!("/sse?channels=news&token={token}")).await;
     let head = sse.head().await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     let first = sse.chunk().await;

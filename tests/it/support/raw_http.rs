@@ -50,6 +50,21 @@ impl RawHttp {
         self.tcp.write_all(bytes.as_bytes()).await.expect("write");
     }
 
+    /// Writes an HTTP/1.1 `GET` of `path`.
+    pub async fn get(&mut self, path: &str) {
+        self.send(&format!("GET {path} HTTP/1.1\r\nHost: herald\r\n\r\n"))
+            .await;
+    }
+
+    /// Writes an HTTP/1.1 `POST` of `body` to `path`.
+    pub async fn post(&mut self, path: &str, body: &str) {
+        let length = body.len();
+        self.send(&format!(
+            "POST {path} HTTP/1.1\r\nHost: herald\r\ncontent-length: {length}\r\n\r\n{body}"
+        ))
+        .await;
+    }
+
     /// Reads until `needle` has arrived; returns where the bytes after it start.
     async fn read_past(&mut self, needle: &[u8]) -> usize {
         let deadline = tokio::time::Instant::now() + WAIT;
